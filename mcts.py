@@ -1,0 +1,315 @@
+"""
+mcts.py -- agents, and how each one searches for candidate answers with Monte Carlo tree search.
+
+ALIGN ../shared/METHOD.md, "The loop", step 1:
+    # [paper] Each agent generates candidate answers with MCTS: 16 rollouts, maximum depth 5.
+    # [paper] Internal utility by self-consistency (utility.py).
+    # [ours]  Everything else here: the tree is over partial solutions (a node = the question plus the
+    #         reasoning steps so far, one step per line); UCT selection; expansion samples `children` next
+    #         steps in one batched call; a simulation completes the solution; the reward of a rollout is
+    #         self-consistency -- the share of the agent's solutions found so far that agree with the
+    #         answer it reached; backpropagation of that reward. A step that states the final answer, or
+    #         depth `max_depth`, ends a branch. It is an rStar-like search without rStar's discriminator.
+
+What makes it affordable on a CPU: `parallel` rollouts are in flight at once (virtual loss keeps them on
+different paths), so one model call expands or completes many sequences, and every sequence shares the
+agent's prompt as a cached prefix (llm.py).
+
+The search sees only the question text. The gold answer never reaches it.
+
+Run:
+    python mcts.py                             # one agent's tree for one arith problem, printed
+    python mcts.py --question "..." --rollouts 8
+    python mcts.py --benchmark                 # batched + shared prefix vs one sequence per call
+
+A forker edits `uct_score` (selection), `rollout_reward` (what a solution is worth), or the prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from llm import EMBEDDED_ALIAS, load_llm, option, parse_configs, print_config
+from utility import Sample, explicit_answer, extract_answer, group_into_classes, same_answer
+
+# ---------------------------------------------------------------- agents and their prompts
+# [ours] Few-shot exemplars written for this project (not taken from any dataset): one step per line,
+# ending in a sentence that states the answer, which is what MCTS and the answer extraction expect.
+NUMBER_EXAMPLES = [
+    ("Mia has 12 pencils. She gives 5 pencils to her brother. How many pencils does Mia have left?",
+     "Mia starts with 12 pencils.\nShe gives away 5, so 12 - 5 = 7.\nThe answer is 7."),
+    ("A baker makes 4 trays of cookies with 9 cookies on each tray. He sells 10 cookies. "
+     "How many cookies are left?",
+     "4 trays of 9 cookies is 4 * 9 = 36 cookies.\nAfter selling 10, 36 - 10 = 26 cookies are left.\n"
+     "The answer is 26."),
+    ("Sam reads 15 pages on Monday and twice as many on Tuesday. How many pages does he read in total?",
+     "On Tuesday he reads 2 * 15 = 30 pages.\nIn total he reads 15 + 30 = 45 pages.\nThe answer is 45."),
+]
+MATH_EXAMPLES = [
+    ("What is $\\frac{1}{2} + \\frac{1}{3}$?",
+     "The common denominator is 6.\n$\\frac{1}{2} + \\frac{1}{3} = \\frac{3}{6} + \\frac{2}{6} = \\frac{5}{6}$.\n"
+     "The answer is $\\boxed{\\frac{5}{6}}$."),
+    ("Solve for $x$: $2x + 3 = 11$.",
+     "Subtract 3 from both sides: $2x = 8$.\nDivide by 2: $x = 4$.\nThe answer is $\\boxed{4}$."),
+]
+INSTRUCTIONS = {
+    "number": "Solve the problem step by step, one step per line. End with 'The answer is N.'",
+    "math": "Solve the problem step by step, one step per line. End with 'The answer is $\\boxed{ANSWER}$.'",
+}
+
+
+@dataclasses.dataclass
+class Agent:
+    """An agent: a model (possibly shared with other agents), its sampling temperature and prompt style."""
+    name: str
+    llm: object                 # llm.LLM, or anything with .chat, .generate and .counters (tests use fakes)
+    temperature: float = 0.7
+    few_shot: bool = True
+
+    def prompt(self, question: str, kind: str = "number") -> str:
+        examples = (MATH_EXAMPLES if kind == "math" else NUMBER_EXAMPLES) if self.few_shot else []
+        return self.llm.chat(f"{INSTRUCTIONS[kind]}\n\n{question}",
+                             examples=[(f"{INSTRUCTIONS[kind]}\n\n{q}", a) for q, a in examples])
+
+
+# ---------------------------------------------------------------- the search
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Monte Carlo tree search over reasoning steps (one search per agent and question)."""
+    rollouts: int = option(16, "[paper] rollouts per agent and question")
+    max_depth: int = option(5, "[paper] a branch ends at this many steps")
+    children: int = option(3, "[ours] next steps sampled when a node is expanded")
+    parallel: int = option(4, "[ours] rollouts in flight at once (virtual loss); one model call serves them all")
+    exploration: float = option(1.0, "[ours] UCT exploration constant c")
+    step_tokens: int = option(64, "[ours] max new tokens of one step")
+    completion_tokens: int = option(256, "[ours] max new tokens of a simulation (completing a solution)")
+    batched: bool = option(True, "batch sequences and share the cached prompt; --no-batched is the slow reference")
+
+
+@dataclasses.dataclass
+class Node:
+    steps: list                      # the reasoning steps from the root to here
+    parent: "Node | None" = None
+    children: list = dataclasses.field(default_factory=list)
+    visits: int = 0
+    value_sum: float = 0.0
+    virtual_loss: int = 0            # rollouts now in flight through this node
+    expanded: bool = False
+    terminal: bool = False           # no children will ever be added
+    answer: str | None = None        # the answer this node's last step states, if it states one
+    solution: Sample | None = None   # the complete solution the first rollout through here reached
+
+    @property
+    def depth(self) -> int:
+        return len(self.steps)
+
+    @property
+    def trace(self) -> str:
+        return "\n".join(self.steps)
+
+
+def uct_score(child: Node, parent: Node, exploration: float) -> float:
+    """UCT: mean reward plus an exploration bonus; unvisited children first.
+
+    Virtual loss counts in-flight rollouts as visits with reward 0, so parallel selections spread out.
+    """
+    visits = child.visits + child.virtual_loss
+    if visits == 0:
+        return math.inf
+    parent_visits = parent.visits + parent.virtual_loss
+    return child.value_sum / visits + exploration * math.sqrt(math.log(max(parent_visits, 1)) / visits)
+
+
+def select(root: Node, exploration: float) -> Node:
+    """Walk down by UCT to a node that is terminal, not yet expanded, or has an unvisited child."""
+    node = root
+    while node.expanded and node.children and not node.terminal:
+        best = max(node.children, key=lambda c: uct_score(c, node, exploration))  # first wins ties
+        if best.visits + best.virtual_loss == 0:
+            return best
+        node = best
+    return node
+
+
+def rollout_reward(answer: str | None, samples: list[Sample]) -> float:
+    """[ours] Self-consistency reward: the share of the agent's solutions so far that reach this answer."""
+    if answer is None or not samples:
+        return 0.0
+    return sum(same_answer(s.answer, answer) for s in samples) / len(samples)
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What one agent's search returns: every complete solution, and their answer classes with U^i(a)."""
+    agent: str
+    samples: list                    # list[Sample], in the order found
+    classes: list                    # list[AnswerClass], utility = self-consistency share
+    root: Node
+    cost: dict                       # calls, prompt_tokens, generated_tokens, seconds of this search
+    model_calls: int = 0             # batched model invocations (each serves many sequences)
+
+
+def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig = SearchConfig(),
+           seed: int = 0) -> SearchResult:
+    """One agent's MCTS on one question. Same seed, same tree."""
+    before, start = agent.llm.counters.snapshot(), time.perf_counter()
+    prompt = agent.prompt(question, kind)
+    root, samples, invocations, done = Node(steps=[]), [], 0, 0
+    parallel = config.parallel if config.batched else 1
+    generation = dict(temperature=agent.temperature, use_prefix_cache=config.batched,
+                      max_batch_size=32 if config.batched else 1)
+    while done < config.rollouts:
+        # 1. SELECT up to `parallel` leaves; virtual loss steers later selections elsewhere
+        selected = []
+        for _ in range(min(parallel, config.rollouts - done)):
+            node = select(root, config.exploration)
+            _add_virtual_loss(node)
+            selected.append(node)
+        # 2. EXPAND the new leaves, all in one call: every sequence shares the cached prompt
+        to_expand = _unique(n for n in selected if not n.expanded and not n.terminal and
+                            (n is root or n.visits > 0))
+        if to_expand:
+            next_steps = agent.llm.generate(prompt, [_suffix(n) for n in to_expand], config.children,
+                                            stop=["\n"], max_new_tokens=config.step_tokens,
+                                            seed=seed * 1000 + invocations, **generation)
+            invocations += 1
+            for node, texts in zip(to_expand, next_steps):
+                _add_children(node, texts, kind, config.max_depth)
+        leaves = []
+        for node in selected:       # a rollout through a just-expanded node continues to one of its children
+            if node in to_expand and node.children:
+                child = select(node, config.exploration)
+                child.virtual_loss += 1
+                node = child
+            leaves.append(node)
+        # 3. SIMULATE: complete, in one call, every leaf that has no solution yet and states no answer
+        for leaf in _unique(n for n in leaves if n.solution is None and n.answer is not None):
+            leaf.solution = Sample(leaf.answer, leaf.trace)
+            samples.append(leaf.solution)
+        to_complete = _unique(n for n in leaves if n.solution is None)
+        if to_complete:
+            completions = agent.llm.generate(prompt, [_suffix(n) for n in to_complete], 1,
+                                             max_new_tokens=config.completion_tokens,
+                                             seed=seed * 1000 + invocations, **generation)
+            invocations += 1
+            for leaf, texts in zip(to_complete, completions):
+                full = (_suffix(leaf) + texts[0]).strip()
+                leaf.solution = Sample(extract_answer(full, kind), full)
+                samples.append(leaf.solution)
+        # 4. BACKPROPAGATE each rollout's self-consistency reward along its path
+        for leaf in leaves:
+            reward = rollout_reward(leaf.solution.answer, samples)
+            for node in _path(leaf):
+                node.visits += 1
+                node.value_sum += reward
+        for node in _path_union(leaves + selected):
+            node.virtual_loss = 0
+        for sample in samples:       # a solution's reward moves as the agent finds more solutions
+            sample.reward = rollout_reward(sample.answer, samples)
+        done += len(leaves)
+    cost = {**agent.llm.counters.since(before), "seconds": time.perf_counter() - start}  # wall time
+    return SearchResult(agent.name, samples, group_into_classes(samples), root, cost, invocations)
+
+
+def _path(node: Node) -> list:
+    """The node and its ancestors up to the root."""
+    path = []
+    while node is not None:
+        path.append(node)
+        node = node.parent
+    return path
+
+
+def _path_union(nodes) -> list:
+    return _unique(n for node in nodes for n in _path(node))
+
+
+def _unique(nodes) -> list:
+    return list({id(n): n for n in nodes}.values())
+
+
+def _add_virtual_loss(node: Node) -> None:
+    for n in _path(node):
+        n.virtual_loss += 1
+
+
+def _suffix(node: Node) -> str:
+    """The partial solution as the assistant's text so far: one step per line."""
+    return node.trace + "\n" if node.steps else ""
+
+
+def _add_children(node: Node, texts: list, kind: str, max_depth: int) -> None:
+    """Turn sampled next steps into child nodes (empty and duplicate steps dropped)."""
+    node.expanded = True
+    for text in texts:
+        step = text.strip()
+        if not step or any(step == c.steps[-1] for c in node.children):
+            continue
+        child = Node(steps=node.steps + [step], parent=node)
+        child.answer = explicit_answer(step, kind)
+        child.terminal = child.answer is not None or child.depth >= max_depth
+        node.children.append(child)
+    if not node.children:     # the model had nothing more to say: this node's own completion ends it
+        node.terminal = True
+
+
+def render_tree(node: Node, indent: str = "", width: int = 90) -> str:
+    """The tree as indented text: visits, mean reward, the step, and the answer a branch reached."""
+    lines = []
+    if node.parent is None:
+        lines.append(f"(root) visits={node.visits}")
+    else:
+        mean = node.value_sum / node.visits if node.visits else 0.0
+        step = node.steps[-1].replace("\n", " ")
+        step = step if len(step) <= width else step[:width - 3] + "..."
+        end = f"  => answer {node.solution.answer!r}" if node.solution is not None else ""
+        lines.append(f"{indent}[n={node.visits} Q={mean:.2f}] {step}{end}")
+    for child in node.children:
+        lines.append(render_tree(child, indent + "  ", width))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+@dataclasses.dataclass
+class DemoConfig:
+    """python mcts.py: one agent's search on one question, printed."""
+    question: str = option("Lena has 7 marbles. She finds 5 more and then gives 3 to Omar. "
+                           "How many marbles does Lena have now?", "the question to search on")
+    kind: str = option("number", "answer kind: number or math")
+    model: str = option(EMBEDDED_ALIAS, "hub id, local folder, .gguf file, or smollm2-135m")
+    temperature: float = option(0.7, "the agent's sampling temperature")
+    seed: int = option(0, "random seed")
+    device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
+    benchmark: bool = option(False, "time the batched, cached search against one sequence per call")
+
+
+def benchmark(agent: Agent, question: str, config: SearchConfig, seed: int) -> dict:
+    """Generated tokens per second of the same search, batched with the shared prefix vs plain."""
+    rates = {}
+    for batched in (True, False):
+        result = search(agent, question, "number", dataclasses.replace(config, batched=batched), seed)
+        rates[batched] = result.cost["generated_tokens"] / result.cost["seconds"]
+        print(f"  {'batched + shared prefix' if batched else 'one sequence per call':<24} "
+              f"{result.cost['generated_tokens']:6d} tokens in {result.cost['seconds']:6.1f}s "
+              f"= {rates[batched]:6.1f} tokens/s  ({result.cost['calls']} sequences, "
+              f"{result.model_calls} model invocations)")
+    print(f"  ratio: {rates[True] / rates[False]:.2f}x")
+    return rates
+
+
+if __name__ == "__main__":
+    demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig)
+    print_config(demo, search_config)
+    agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
+    if demo.benchmark:
+        benchmark(agent, demo.question, search_config, demo.seed)
+    else:
+        result = search(agent, demo.question, demo.kind, search_config, demo.seed)
+        print(render_tree(result.root))
+        print("\nanswer classes (U = self-consistency share):")
+        for c in result.classes:
+            print(f"  {c.answer!r:>10}  U={c.utility:.2f}  ({len(c.samples)} of {len(result.samples)} solutions)")
+        print(f"cost: {result.cost}  model invocations: {result.model_calls}")
