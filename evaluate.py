@@ -31,6 +31,7 @@ import urllib.request
 
 from llm import EMBEDDED_ALIAS, ModelLoadError, add_costs, load_llm, option, parse_configs, print_config
 from mcts import Agent, SearchConfig, search
+from principal import rank_classes
 from utility import Sample, extract_answer, group_into_classes, is_correct, majority_answer
 
 # ---------------------------------------------------------------- datasets
@@ -268,9 +269,9 @@ def describe_search(result) -> dict:
                         for c in result.classes]}
 
 
-def search_charge(results) -> dict:
-    """The searches' calls and tokens, and wall seconds, to be charged to the method that used them."""
-    cost = add_costs(*[r.cost for r in results])
+def search_charge(results, *more_costs) -> dict:
+    """The shared work's calls and tokens, and wall seconds, to be charged to the method that used them."""
+    cost = add_costs(*[r.cost for r in results], *more_costs)
     return {"search_cost": {**cost, "seconds": 0.0}, "search_seconds": cost["seconds"]}
 
 
@@ -289,7 +290,54 @@ def method_vote(problem, ctx):
             "agents": [describe_search(r) for r in results], **search_charge(results)}
 
 
-METHODS = {"cot": method_cot, "sc": method_sc, "mcts": method_mcts, "vote": method_vote}
+def principal_order(problem, ctx):
+    """The principal's order of the pooled classes, computed once per problem; returns (order, its cost)."""
+    from align import GameConfig, pool_classes  # align.py imports this file for its command line
+
+    key = ("order", problem["id"])
+    if key not in ctx.searches:
+        answers, representatives, _ = pool_classes(agent_searches(problem, ctx))
+        game = ctx.extra_configs.get("GameConfig", GameConfig())
+        before, start = ctx.principal.counters.snapshot(), time.perf_counter()
+        order = rank_classes(ctx.principal, problem["question"], answers, [r.trace for r in representatives],
+                             game.principal_mode, seed=ctx.seed(problem, "principal")) if answers else None
+        cost = {**ctx.principal.counters.since(before), "seconds": time.perf_counter() - start}
+        ctx.searches[key] = (order, cost)
+    return ctx.searches[key]
+
+
+def method_principal(problem, ctx):
+    """The principal's top class among all agents' pooled candidates (Theorem 1's equal-access comparison)."""
+    from align import pool_classes
+
+    results = agent_searches(problem, ctx)
+    answers, _, _ = pool_classes(results)
+    order, order_cost = principal_order(problem, ctx)
+    charge = search_charge(results, order_cost)
+    return {"prediction": answers[order.order[0]] if order else None,
+            "raw": [order.reply] if order and order.reply else [],
+            "pool": [{"answer": a, "score": round(x, 4)} for a, x in zip(answers, order.scores)] if order else [],
+            "principal_parse_failed": bool(order and order.parse_failed),
+            "agents": [describe_search(r) for r in results], **charge}
+
+
+def method_align(problem, ctx):
+    """ALIGN: the delegation game over the agents' candidates (align.py)."""
+    from align import GameConfig, delegate, pool_classes
+
+    results = agent_searches(problem, ctx)
+    answers, _, players = pool_classes(results)
+    order, order_cost = principal_order(problem, ctx)
+    game = (delegate(answers, players, order, ctx.extra_configs.get("GameConfig", GameConfig()),
+                     ctx.seed(problem, "align")) if order else {"prediction": None, "diagnostics": None,
+                                                                   "abstained": [p.name for p in players]})
+    if game.get("diagnostics") is None:
+        game.pop("diagnostics", None)   # no game was played: no diagnostics to average
+    return {**game, "raw": [], "agents": [describe_search(r) for r in results], **search_charge(results, order_cost)}
+
+
+METHODS = {"cot": method_cot, "sc": method_sc, "mcts": method_mcts, "vote": method_vote,
+           "principal": method_principal, "align": method_align}
 
 
 # ---------------------------------------------------------------- the run
@@ -451,7 +499,9 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
 
 
 def main(argv=None):
-    config_classes = [EvalConfig, SearchConfig]
+    from align import GameConfig
+
+    config_classes = [EvalConfig, SearchConfig, GameConfig]
     configs = parse_configs(__doc__.split("\n\n")[0], *config_classes, argv=argv)
     config, search_config = configs[0], configs[1]
     extra = {type(c).__name__: c for c in configs[2:]}

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,249 @@ def test_evaluate_end_to_end_on_the_embedded_model(tmp_path):
     assert all(r["calls"] >= 1 and r["generated_tokens"] > 0 for r in records)
     assert all(r["prediction"] is not None for r in records if r["method"] == "cot")   # the real model answers
     assert "accuracy" in out and "calls/q" in out
+
+
+# ---------------------------------------------------------------- a scripted fake model (search, game)
+
+class FakeLLM:
+    """Scripted steps and completions keyed by the partial solution; records every prompt it is shown."""
+
+    def __init__(self, steps=None, completions=None, default_step="", default_completion="The answer is 0.",
+                 yes_logprob=None, reply="B > A"):
+        self.steps, self.completions = steps or {}, completions or {}
+        self.default_step, self.default_completion = default_step, default_completion
+        self.yes_logprob = yes_logprob or (lambda prompt: -1.0)
+        self.reply, self.prompts, self.counters = reply, [], llm.Counters()
+
+    def chat(self, user, system=None, assistant_prefix="", examples=()):
+        return "".join(f"Q:{q}\nA:{a}\n" for q, a in examples) + f"Q:{user}\nA:" + assistant_prefix
+
+    def generate(self, prefix, suffixes=("",), num_samples=1, stop=None, seed=0, **kwargs):
+        self.prompts += [prefix + s for s in suffixes]
+        self.counters.calls += len(suffixes) * num_samples
+        self.counters.generated_tokens += len(suffixes) * num_samples
+        if stop:  # a step: the script's list of next steps for this partial solution
+            return [list(self.steps.get(s, [self.default_step] * num_samples))[:num_samples] for s in suffixes]
+        return [[self.completions.get(s, self.default_completion)] * num_samples for s in suffixes]
+
+    def sample(self, prompt, num_samples=1, **kwargs):
+        return self.generate(prompt, [""], num_samples, **kwargs)[0] if "Rank" not in prompt else [self.reply]
+
+    def score(self, prompt, continuations):
+        self.prompts.append(prompt)
+        self.counters.calls += len(continuations)
+        return [self.yes_logprob(prompt), -1.0]
+
+
+def test_uct_on_a_hand_built_tree():
+    from mcts import Node, select, uct_score
+    root = Node(steps=[], visits=10, expanded=True)
+    a = Node(steps=["a"], parent=root, visits=6, value_sum=4.2)   # Q = 0.7
+    b = Node(steps=["b"], parent=root, visits=3, value_sum=1.5)   # Q = 0.5
+    root.children = [a, b]
+    # by hand: 0.7 + sqrt(ln 10 / 6) = 1.31948;  0.5 + sqrt(ln 10 / 3) = 1.37608
+    assert uct_score(a, root, 1.0) == pytest.approx(0.7 + math.sqrt(math.log(10) / 6))
+    assert uct_score(b, root, 1.0) == pytest.approx(0.5 + math.sqrt(math.log(10) / 3))
+    assert select(root, 1.0) is b
+    assert select(root, 0.1) is a                                  # less exploration: exploit a
+    b.virtual_loss = 3                                             # b is busy: in-flight rollouts count
+    assert select(root, 1.0) is a
+    c = Node(steps=["c"], parent=root)
+    root.children.append(c)
+    assert select(root, 1.0) is c                                  # an unvisited child comes first
+
+
+def test_mcts_visits_and_rewards_equal_a_hand_computation():
+    from mcts import Agent, SearchConfig, search
+    fake = FakeLLM(steps={"": ["A", "B"], "A\n": ["A1 The answer is 1.", "A2"]},
+                   completions={"A\n": "The answer is 1.", "B\n": "The answer is 2.", "A\nA2\n": "The answer is 2."})
+    config = SearchConfig(rollouts=4, children=2, parallel=1, exploration=1.0)
+    result = search(Agent("fake", fake, 0.7), "What is it?", config=config, seed=0)
+    root = result.root
+    a, b = root.children
+    a1, a2 = a.children
+    # Worked by hand in the comments of the test: rollouts go A, B, A->A1, A->A2.
+    assert [s.answer for s in result.samples] == ["1", "2", "1", "2"]
+    assert (root.visits, a.visits, b.visits, a1.visits, a2.visits) == (4, 3, 1, 1, 1)
+    assert a.value_sum == pytest.approx(1 + 2 / 3 + 1 / 2)         # rewards 1, 2/3, 1/2 (self-consistency)
+    assert b.value_sum == pytest.approx(1 / 2)
+    assert a1.value_sum == pytest.approx(2 / 3) and a2.value_sum == pytest.approx(1 / 2)
+    assert root.value_sum == pytest.approx(1 + 1 / 2 + 2 / 3 + 1 / 2)
+    assert [(c.answer, c.utility) for c in result.classes] == [("1", 0.5), ("2", 0.5)]
+    assert b.expanded is False and a1.terminal and a1.solution.trace == "A\nA1 The answer is 1."
+
+
+def test_mcts_depth_limit_holds():
+    from mcts import Agent, SearchConfig, search
+
+    class Steps(FakeLLM):
+        def generate(self, prefix, suffixes=("",), num_samples=1, stop=None, **kw):
+            if stop:
+                return [[f"step {s.count(chr(10)) + 1}.{k}" for k in range(num_samples)] for s in suffixes]
+            return [["no answer here"] * num_samples for _ in suffixes]
+
+    result = search(Agent("fake", Steps(), 0.7), "q", config=SearchConfig(rollouts=40, max_depth=2, children=2))
+
+    def depths(node):
+        return [node.depth] + [d for c in node.children for d in depths(c)]
+    assert max(depths(result.root)) == 2
+    assert all(not c.expanded for a in result.root.children for c in a.children)
+
+
+def test_the_gold_answer_never_reaches_a_model():
+    from evaluate import METHODS, Context, EvalConfig
+    from mcts import Agent, SearchConfig
+    agents_llm = FakeLLM(default_step="Add them.", default_completion="So the total is 12. The answer is 12.")
+    principal = FakeLLM()
+    ctx = Context(EvalConfig(sc_samples=2), [Agent(f"a{i}", agents_llm, 0.7) for i in range(3)],
+                  principal=principal, search_config=SearchConfig(rollouts=4, children=2))
+    problem = {"id": "p", "question": "Ava has 5 apples and buys 7 more. How many?", "answer": "31337",
+               "kind": "number"}
+    for method in ["cot", "sc", "mcts", "vote", "principal", "align"]:
+        assert METHODS[method](problem, ctx)["prediction"] == "12"
+    prompts = agents_llm.prompts + principal.prompts
+    assert prompts and not any("31337" in p for p in prompts)
+
+
+def test_search_on_the_tiny_model_is_seeded(tiny_llm):
+    from mcts import Agent, SearchConfig, render_tree, search
+    agent, config = Agent("tiny", tiny_llm, 1.0), SearchConfig(rollouts=6, step_tokens=8, completion_tokens=16)
+    first, again = search(agent, "Tom has 3 apples.", config=config, seed=1), \
+        search(agent, "Tom has 3 apples.", config=config, seed=1)
+    assert render_tree(first.root) == render_tree(again.root)
+    assert first.root.visits == 6 and len(first.samples) <= 6
+    assert first.cost["calls"] > 0 and first.model_calls < first.cost["calls"]   # batching: calls share invocations
+
+
+# ---------------------------------------------------------------- hedge.py, principal.py, align.py
+
+def test_hedge_policy_equals_the_closed_form():
+    from hedge import Hedge
+    rng = np.random.default_rng(0)
+    learner, cumulative = Hedge(5, eta=0.1, seed=0), np.zeros(5)
+    for _ in range(30):
+        u = rng.uniform(-1, 1, 5)
+        learner.update(u)
+        cumulative += u
+        weights = np.exp(0.1 * cumulative)
+        assert np.max(np.abs(learner.policy() - weights / weights.sum())) < 1e-9
+    assert np.allclose(Hedge(4).policy(), 0.25)                    # uniform at the start
+
+
+def test_hedge_regret_against_a_hand_computation_and_the_bound():
+    from hedge import Hedge, hedge_regret_bound
+    learner = Hedge(2, eta=math.log(3))
+    learner.update([1.0, 0.0])                                    # pi_1 = (1/2, 1/2): gains 1/2
+    learner.update([0.0, 1.0])                                    # pi_2 = (3/4, 1/4): gains 1/4
+    assert learner.regret() == pytest.approx(1 - 0.75)
+    rng = np.random.default_rng(1)
+    for trial in range(20):                                       # adversarial-ish sequences: still under
+        learner, T = Hedge(4, eta=0.1, seed=trial), 200
+        for t in range(T):
+            learner.update(np.sign(np.sin(t * (trial + 1))) * rng.uniform(0, 1, 4) * (rng.uniform() < 0.5))
+        assert learner.regret() <= hedge_regret_bound(T, 4, 0.1)
+
+
+def test_hedge_sampling_is_seeded():
+    from hedge import Hedge
+    a, b = Hedge(3, seed=5), Hedge(3, seed=5)
+    assert [a.sample() for _ in range(20)] == [b.sample() for _ in range(20)]
+
+
+def test_rank_feedback_and_final_selection():
+    from principal import rank_feedback, select_final
+    ranking = [2, 0, 1, 3]
+    assert rank_feedback([0, 1, 2], ranking) == {2: 1.0, 0: 0.0, 1: -1.0}
+    assert rank_feedback([1, 1, 3], ranking) == {1: 1.0, 3: -1.0}   # agents that agree share a rank
+    assert rank_feedback([3, 3], ranking) == {3: 1.0}               # m = 1: +1
+    assert select_final([1, 3, 0], ranking) == 0
+
+
+def test_plackett_luce_frequencies_and_zero_temperature():
+    from principal import PrincipalOrder, plackett_luce_order
+    order = PrincipalOrder(["a", "b"], [1.0, 0.0], [0, 1])
+    rng = np.random.default_rng(0)
+    assert plackett_luce_order(order, 0.0, rng) == [0, 1]
+    first = np.mean([plackett_luce_order(order, 1.0, rng)[0] == 0 for _ in range(20000)])
+    assert first == pytest.approx(math.e / (math.e + 1), abs=0.01)  # P(a first) = e^1 / (e^1 + e^0)
+
+
+def test_principal_orders_by_score_and_survives_an_unparseable_reply():
+    from principal import parse_listwise, rank_classes
+    assert parse_listwise("B > A > C", 3) == [1, 0, 2]
+    assert parse_listwise("B > A", 3) is None and parse_listwise("I think the second.", 2) is None
+    scores = {"sol-x": -0.1, "sol-y": -3.0, "sol-z": 0.5}           # log P(Yes); log P(No) = -1
+    fake = FakeLLM(yes_logprob=lambda p: next(v for k, v in scores.items() if k in p), reply="no idea")
+    order = rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "score")
+    assert order.order == [2, 0, 1]
+    assert order.scores[1] == pytest.approx(1 / (1 + math.exp(-1 + 3.0)))
+    listwise = rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise")
+    assert listwise.parse_failed and listwise.order == [2, 0, 1] and listwise.reply == "no idea"
+    fake.reply = "C > A > B"
+    assert rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise").order == [2, 0, 1]
+    fake.reply = "B > C > A"
+    assert rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise").order == [1, 2, 0]
+
+
+def test_counterfactual_utilities_and_nash_gap_by_hand():
+    from align import Player, counterfactual_utilities, expected_utilities, nash_gap
+    ranking = [0, 1, 2]
+    p0 = Player("p0", [0, 2], np.array([0.25, 0.75]))
+    p1 = Player("p1", [1], np.array([1.0]))
+    # p1 submits 1. p0's class 0 would rank first of {0, 1}: r = +1; class 2 last of {1, 2}: r = -1
+    assert counterfactual_utilities(p0, [1], ranking).tolist() == [0.25, -0.75]
+    # profile: p0 plays (1/2, 1/2). p1's only action: r(1 | p0 plays 0) = -1, r(1 | p0 plays 2) = +1 -> 0
+    assert expected_utilities([p0, p1], [np.array([0.5, 0.5]), np.array([1.0])], 1, ranking)[0] == 0.0
+    # p0 gains 0.25 - (0.5 * 0.25 - 0.5 * 0.75) = 0.5 by deviating to class 0; p1 cannot deviate
+    assert nash_gap([p0, p1], [np.array([0.5, 0.5]), np.array([1.0])], ranking) == pytest.approx(0.5)
+    assert nash_gap([p0, p1], [np.array([1.0, 0.0]), np.array([1.0])], ranking) == 0.0   # an equilibrium
+
+
+def test_game_edge_cases_abstention_unanimity():
+    from align import GameConfig, Player, delegate
+    from principal import PrincipalOrder
+    order = PrincipalOrder(["7"], [0.3], [0])
+    unanimous = [Player(f"p{i}", [0], np.array([1.0])) for i in range(3)]
+    record = delegate(["7"], unanimous + [Player("silent", [], np.array([]))], order, GameConfig())
+    assert record["prediction"] == "7" and record["abstained"] == ["silent"]
+    assert record["diagnostics"]["rounds"] == 1 and record["diagnostics"]["converged"]
+    nobody = delegate([], [Player("silent", [], np.array([]))], PrincipalOrder([], [], []), GameConfig())
+    assert nobody["prediction"] is None and nobody["diagnostics"] is None
+
+
+def test_theorem_2_regret_stays_under_the_bound_and_regret_per_round_falls():
+    from align import simulate
+    runs = {T: simulate(150, correlation=1.0, rounds=T, seed=0) for T in (10, 40, 160)}
+    print({T: (round(s["regret"], 3), round(s["regret_bound"], 3), round(s["regret_per_round"], 4))
+           for T, s in runs.items()})
+    assert all(s["regret_over_bound"] == 0 for s in runs.values())
+    assert runs[10]["regret_per_round"] > runs[40]["regret_per_round"] > runs[160]["regret_per_round"]
+
+
+def test_theorem_3_nash_gap_of_average_policies_shrinks():
+    from align import simulate
+    gaps = {T: simulate(150, correlation=1.0, rounds=T, seed=1)["nash_gap"] for T in (10, 40, 160)}
+    print(gaps)
+    assert gaps[10] > gaps[40] > gaps[160]
+
+
+def test_theorem_1_align_beats_a_single_agent_only_with_an_aligned_principal():
+    from align import simulate
+    figures = {c: simulate(300, correlation=c, rounds=20, eta=0.1, seed=2) for c in (1.0, 0.5, -1.0)}
+    print({c: (s["align_accuracy"], s["single_accuracy"]) for c, s in figures.items()})
+    assert figures[1.0]["align_accuracy"] >= figures[1.0]["single_accuracy"]
+    assert figures[0.5]["align_accuracy"] >= figures[0.5]["single_accuracy"]
+    assert figures[-1.0]["align_accuracy"] < figures[-1.0]["single_accuracy"]   # the failure mode
+
+
+def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
+    output = tmp_path / "game.jsonl"
+    out = run_cli("evaluate.py", "--dataset", "arith", "--methods", "mcts,vote,principal,align", "--limit", "2",
+                  "--model", tiny_model_dir, "--rollouts", "4", "--step-tokens", "6", "--completion-tokens", "12",
+                  "--principal-mode", "listwise", "--output", str(output), "--no-progress")
+    records = read_records(str(output))
+    assert len(records) == 8 and "align" in out
+    vote = next(r for r in records if r["method"] == "vote")
+    assert len(vote["agents"]) == 3 and all("classes" in a and "cost" in a for a in vote["agents"])
+    calls = {r["method"]: r["calls"] for r in records if r["problem_id"] == "arith-test-0-0"}
+    assert calls["vote"] > calls["mcts"] and calls["principal"] >= calls["vote"]   # each charged what it uses

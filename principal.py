@@ -1,0 +1,120 @@
+"""
+principal.py -- the principal: it orders the pooled answer classes, gives rank feedback, picks the answer.
+
+ALIGN ../shared/METHOD.md, "The loop", steps 3, 4 and 7:
+    # [paper] Ranking feedback from the principal: +1 for the top-ranked submission, -1 for the bottom one.
+    # [paper] The principal selects the final answer.
+    # [ours]  The principal orders the pooled classes once per question. Default `score`: a verification
+    #         score per class -- the principal's probability of "Yes" to "Is this solution correct?" given
+    #         the question and the class's representative trace, read from log-probabilities (no sampling)
+    #         -- sorted descending. Alternative `listwise`: one generated ranking of all classes, parsed,
+    #         falling back to the score order when the reply cannot be parsed.
+    # [ours]  Optional noise: each round's ranking is drawn from a Plackett-Luce model over the scores
+    #         with temperature tau (tau = 0: the deterministic order).
+    # [ours]  Rank k of m distinct submissions gets r = 1 - 2(k-1)/(m-1); m = 1 gets r = +1.
+
+The principal sees the question and candidate solutions, never the gold answer.
+
+A forker who wants another principal (pairwise comparisons, a reward model) writes a function returning a
+`PrincipalOrder` and passes it to align.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import string
+
+import numpy as np
+
+VERIFY_PROMPT = ("Here is a math problem and a proposed solution.\n\nProblem: {question}\n\n"
+                 "Proposed solution:\n{solution}\n\nIs this solution correct? Answer Yes or No.")
+LISTWISE_PROMPT = ("Here is a math problem and {m} candidate solutions.\n\nProblem: {question}\n\n{candidates}\n\n"
+                   "Rank the candidates from most to least likely to be correct. Reply with the letters only, "
+                   "best first, separated by '>', for example: {example}")
+
+
+@dataclasses.dataclass
+class PrincipalOrder:
+    """The principal's view of one question's pooled answer classes."""
+    answers: list                 # the pooled classes' answers, in pool order
+    scores: list                  # verification score of each class, P(Yes) in [0, 1]
+    order: list                   # pool indices, best first
+    mode: str = "score"
+    parse_failed: bool = False    # listwise reply could not be parsed; `order` is the score order
+    reply: str = ""               # the listwise reply, for the records
+
+    def position(self, order: list | None = None) -> dict:
+        """pool index -> rank position (0 = best) under `order` (default: this order)."""
+        return {index: k for k, index in enumerate(self.order if order is None else order)}
+
+
+def verification_scores(principal, question: str, solutions: list[str]) -> list[float]:
+    """P(Yes) / (P(Yes) + P(No)) for each solution: the principal's belief that it is correct."""
+    scores = []
+    for solution in solutions:
+        prompt = principal.chat(VERIFY_PROMPT.format(question=question, solution=solution))
+        log_yes, log_no = principal.score(prompt, ["Yes", "No"])
+        scores.append(1.0 / (1.0 + math.exp(log_no - log_yes)))
+    return scores
+
+
+def parse_listwise(reply: str, m: int) -> list | None:
+    """Letters in a reply like 'B > A > C' -> [1, 0, 2]; None unless it names every candidate exactly once."""
+    letters = re.findall(r"\b([A-Z])\b", reply.upper())
+    order = [string.ascii_uppercase.index(x) for x in letters if string.ascii_uppercase.index(x) < m]
+    deduplicated = list(dict.fromkeys(order))
+    return deduplicated if len(deduplicated) == m else None
+
+
+def rank_classes(principal, question: str, answers: list, solutions: list[str], mode: str = "score",
+                 seed: int = 0, max_new_tokens: int = 32) -> PrincipalOrder:
+    """The principal's order of the pooled classes (once per question)."""
+    if mode not in ("score", "listwise"):
+        raise ValueError(f"principal mode must be 'score' or 'listwise', not {mode!r}")
+    scores = verification_scores(principal, question, solutions)
+    by_score = sorted(range(len(answers)), key=lambda k: -scores[k])   # stable: pool order breaks ties
+    if mode == "score" or len(answers) == 1:
+        return PrincipalOrder(answers, scores, by_score, mode)
+    letters = string.ascii_uppercase[:len(answers)]
+    candidates = "\n\n".join(f"({x}) {s}" for x, s in zip(letters, solutions))
+    prompt = principal.chat(LISTWISE_PROMPT.format(m=len(answers), question=question, candidates=candidates,
+                                                   example=" > ".join(reversed(letters))))
+    reply = principal.sample(prompt, 1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)[0]
+    parsed = parse_listwise(reply, len(answers))
+    return PrincipalOrder(answers, scores, parsed or by_score, mode, parse_failed=parsed is None, reply=reply)
+
+
+def plackett_luce_order(order: PrincipalOrder, tau: float, rng: np.random.Generator) -> list:
+    """One round's ranking drawn from Plackett-Luce with weights exp(score / tau); tau = 0 keeps `order.order`.
+
+    Sorting score/tau + Gumbel noise, descending, samples exactly from Plackett-Luce (the Gumbel-max trick).
+    Listwise orders are perturbed through their rank positions (a linear score from 1 down to 0).
+    """
+    if tau <= 0:
+        return list(order.order)
+    m = len(order.answers)
+    position = order.position()
+    base = np.array(order.scores) if order.mode == "score" else np.array(
+        [1 - position[k] / max(m - 1, 1) for k in range(m)])
+    keys = base / tau + rng.gumbel(size=m)
+    return [int(k) for k in np.argsort(-keys, kind="stable")]
+
+
+def rank_feedback(submitted: list, ranking: list) -> dict:
+    """r for each distinct submitted class: +1 for the top, -1 for the bottom, linear between.
+
+    `submitted` holds pool indices (agents that submitted the same class share its rank); `ranking` is
+    the principal's order of all pool indices, best first.
+    """
+    position = {index: k for k, index in enumerate(ranking)}
+    distinct = sorted(set(submitted), key=lambda a: position[a])
+    m = len(distinct)
+    # [paper] +1 top, -1 bottom.  [ours] linear in between; a lone submission gets +1.
+    return {a: 1.0 if m == 1 else 1.0 - 2.0 * k / (m - 1) for k, a in enumerate(distinct)}
+
+
+def select_final(submitted: list, ranking: list):
+    """[paper] The principal selects the final answer: its top-ranked class among the submissions."""
+    position = {index: k for k, index in enumerate(ranking)}
+    return min(submitted, key=lambda a: position[a]) if submitted else None
