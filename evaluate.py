@@ -294,7 +294,7 @@ def principal_order(problem, ctx):
     """The principal's order of the pooled classes, computed once per problem; returns (order, its cost)."""
     from align import GameConfig, pool_classes  # align.py imports this file for its command line
 
-    key = ("order", problem["id"])
+    key = ("order", problem["id"], id(ctx.principal))
     if key not in ctx.searches:
         answers, representatives, _ = pool_classes(agent_searches(problem, ctx))
         game = ctx.extra_configs.get("GameConfig", GameConfig())
@@ -336,8 +336,25 @@ def method_align(problem, ctx):
     return {**game, "raw": [], "agents": [describe_search(r) for r in results], **search_charge(results, order_cost)}
 
 
+def method_leader(problem, ctx, team=True):
+    """MLPO inference: the team answers, the leader aggregates, for T rounds (mlpo.py)."""
+    from mlpo import LeaderConfig, lead
+
+    return lead(problem["question"], problem["kind"], ctx.agents, ctx.leader,
+                ctx.extra_configs.get("LeaderConfig", LeaderConfig()), ctx.seed(problem, "leader"), team=team)
+
+
+def method_leader_solo(problem, ctx):
+    """The leader alone, with no team (does MLPO training help the leader by itself?)."""
+    return method_leader(problem, ctx, team=False)
+
+
 METHODS = {"cot": method_cot, "sc": method_sc, "mcts": method_mcts, "vote": method_vote,
-           "principal": method_principal, "align": method_align}
+           "principal": method_principal, "align": method_align,
+           "leader": method_leader, "leader-solo": method_leader_solo}
+# A method named NAME@MODEL runs NAME with MODEL as its leader (leader methods) or its principal (principal,
+# align): e.g. `--methods leader,leader@checkpoints/leader` puts an untrained and a trained leader side by side.
+SWAPPABLE_ROLE = {"leader": "leader", "leader-solo": "leader", "principal": "principal", "align": "principal"}
 
 
 # ---------------------------------------------------------------- the run
@@ -412,9 +429,10 @@ def build_context(config: EvalConfig, search_config: SearchConfig, extra_configs
               for i, (name, temperature) in enumerate(preset["agents"])]
     context = Context(config, agents, search_config=search_config, extra_configs=extra_configs or {})
     methods = config.methods.split(",")
-    if {"principal", "align"} & set(methods):
+    bases = {m.partition("@")[0] for m in methods}
+    if {"principal", "align"} & bases:
         context.principal = load(config.principal_model or config.model or preset["principal"])
-    if {"leader", "leader-solo"} & set(methods):
+    if {"leader", "leader-solo"} & bases:
         context.leader = load(config.leader or config.model or preset["leader"])
     return context
 
@@ -422,9 +440,12 @@ def build_context(config: EvalConfig, search_config: SearchConfig, extra_configs
 def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | None = None) -> list[dict]:
     """Evaluate, writing records as it goes; returns all records of the requested methods."""
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m.partition("@")[0] not in METHODS]
     if unknown:
         raise DataError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}.")
+    unswappable = [m for m in methods if "@" in m and m.partition("@")[0] not in SWAPPABLE_ROLE]
+    if unswappable:
+        raise DataError(f"{unswappable}: only {sorted(SWAPPABLE_ROLE)} take @MODEL (a leader or a principal).")
     if config.dataset not in DATASETS:
         raise DataError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}.")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -455,7 +476,10 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
         print(f"{config.dataset}: {len(problems)} problems x {len(methods)} methods; "
               f"{len(done & {(p['id'], m) for p in problems for m in methods})} already done; writing {output}")
     ctx = build_context(config, search_config, extra_configs, device)
-    llms = list({id(m): m for m in [a.llm for a in ctx.agents] + [ctx.principal, ctx.leader] if m}.values())
+    swapped = {m: load_llm(m.partition("@")[2], device, config.dtype) for m in methods if "@" in m}
+    llms = list({id(m): m for m in [a.llm for a in ctx.agents] + [ctx.principal, ctx.leader, *swapped.values()]
+                 if m}.values())
+    default_roles = {"leader": ctx.leader, "principal": ctx.principal}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     from tqdm import tqdm
     my_file = rank_files[rank] if world > 1 else output
@@ -464,11 +488,15 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
         for problem, method in tqdm(todo, disable=not config.progress or rank != 0, desc="evaluating",
                                     dynamic_ncols=True):
             # the search shared by several methods is run before the clock starts and charged in full below
-            if method in ("mcts", "vote", "principal", "align"):
+            base = method.partition("@")[0]
+            if base in SWAPPABLE_ROLE:  # this row's leader or principal
+                role = SWAPPABLE_ROLE[base]
+                setattr(ctx, role, swapped.get(method, default_roles[role]))
+            if base in ("mcts", "vote", "principal", "align"):
                 agent_searches(problem, ctx)
             before = [llm.counters.snapshot() for llm in llms]
             start = time.perf_counter()
-            result = METHODS[method](problem, ctx)
+            result = METHODS[base](problem, ctx)
             spent = add_costs(*[llm.counters.since(b) for llm, b in zip(llms, before)],
                               result.pop("search_cost", {}))
             spent["seconds"] = time.perf_counter() - start + result.pop("search_seconds", 0.0)
@@ -500,8 +528,9 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
 
 def main(argv=None):
     from align import GameConfig
+    from mlpo import LeaderConfig
 
-    config_classes = [EvalConfig, SearchConfig, GameConfig]
+    config_classes = [EvalConfig, SearchConfig, GameConfig, LeaderConfig]
     configs = parse_configs(__doc__.split("\n\n")[0], *config_classes, argv=argv)
     config, search_config = configs[0], configs[1]
     extra = {type(c).__name__: c for c in configs[2:]}

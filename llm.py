@@ -80,17 +80,18 @@ def _locate(name: str):
 _LOADED: dict = {}  # one copy per (backbone, device, dtype): agents on one backbone share it
 
 
-def load_llm(name: str, device: str | None = None, dtype: str | None = None) -> "LLM":
+def load_llm(name: str, device: str | None = None, dtype: str | None = None, fresh: bool = False) -> "LLM":
     """Load a model by hub id, local folder, GGUF file, or the alias `smollm2-135m` (the embedded model).
 
     A backbone is loaded once per process; asking again returns the same object (and the same counters:
     callers that share a backbone measure their own cost as a difference of counter snapshots).
+    fresh=True loads a private copy that nobody else shares: a model about to be trained.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_device, torch_dtype = default_device_and_dtype(device, dtype)
     key = (name, str(torch_device), str(torch_dtype))
-    if key in _LOADED:
+    if key in _LOADED and not fresh:
         return _LOADED[key]
     where, gguf_file = _locate(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
@@ -106,7 +107,8 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None) -> 
                              f"  To fix: {hint}.") from None
     model.to(torch_device).eval()
     llm = LLM(name, model, tokenizer, torch_device)
-    _LOADED[key] = llm
+    if not fresh:
+        _LOADED[key] = llm
     return llm
 
 

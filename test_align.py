@@ -557,3 +557,83 @@ def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert len(vote["agents"]) == 3 and all("classes" in a and "cost" in a for a in vote["agents"])
     calls = {r["method"]: r["calls"] for r in records if r["problem_id"] == "arith-test-0-0"}
     assert calls["vote"] > calls["mcts"] and calls["principal"] >= calls["vote"]   # each charged what it uses
+
+
+# ---------------------------------------------------------------- mlpo.py
+
+def test_mlpo_loss_equals_a_hand_computation():
+    from mlpo import group_advantages, mlpo_loss
+    new = torch.tensor([[-1.0, -0.5], [-2.0, 0.0]])
+    old = torch.tensor([[-1.2, -0.5], [-1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    advantages = group_advantages(torch.tensor([1.0, 0.0]))
+    assert advantages.tolist() == [0.5, -0.5]                      # reward - group mean, no std division
+    # by hand, token by token, -min(ratio * A, clip(ratio, 0.8, 1.2) * A):
+    #   row 0 (A = +0.5): ratio e^0.2 = 1.2214 -> clipped to 1.2: -0.6;   ratio 1: -0.5
+    #   row 1 (A = -0.5): ratio e^-1 = 0.3679 -> min(-0.1839, -0.4) = -0.4: +0.4;   masked token: 0
+    #   sum -0.7, divided by the constant 4 (not by each completion's length): -0.175
+    assert mlpo_loss(new, old, advantages, mask, normalizer=4.0).item() == pytest.approx(-0.175)
+    ref = torch.tensor([[-1.0, -0.5], [-1.0, 0.0]])               # k3 KL: e^(ref-new) - (ref-new) - 1
+    kl = (math.exp(1.0) - 1.0 - 1)                                 # only row 1, token 0 differs (ref-new = 1)
+    assert mlpo_loss(new, old, advantages, mask, 4.0, ref_logprobs=ref, kl_coef=0.1).item() == \
+        pytest.approx(-0.175 + 0.1 * kl / 4)
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0])).tolist() == [0.5, -0.5, -0.5, 0.5]
+
+
+def test_one_optimizer_step_raises_a_rewarded_completion(tiny_model_dir):
+    from mlpo import completion_logprobs, group_advantages, mlpo_loss
+    leader = llm.load_llm(tiny_model_dir, device="cpu", fresh=True)   # a private copy: we train it
+    prompt = leader.encode(leader.chat("Tom has 3 apples and buys 5 more."))
+    completions = [leader.encode("<answer>8</answer>"), leader.encode("<answer>9</answer>")]
+    advantages = group_advantages(torch.tensor([1.0, 0.0]))
+    with torch.no_grad():
+        old, mask = completion_logprobs(leader.model, [prompt] * 2, completions, leader.pad_id)
+    manual = leader.score(leader.tokenizer.decode(prompt), ["<answer>8</answer>"])[0]
+    assert old[0].sum().item() == pytest.approx(manual, abs=1e-3)   # same log-probs as the scoring path
+    optimizer = torch.optim.AdamW(leader.model.parameters(), lr=1e-3)
+    leader.model.train()
+    new, _ = completion_logprobs(leader.model, [prompt] * 2, completions, leader.pad_id)
+    loss = mlpo_loss(new, old, advantages, mask, normalizer=2 * 8)
+    loss.backward()
+    optimizer.step()
+    leader.model.eval()
+    with torch.no_grad():
+        after, _ = completion_logprobs(leader.model, [prompt] * 2, completions, leader.pad_id)
+    assert after[0].sum() > old[0].sum()                             # the rewarded completion is likelier
+    assert llm.load_llm(tiny_model_dir, device="cpu") is not leader  # the shared copy was not touched
+
+
+def test_easy_question_filter_and_leader_answers():
+    from mlpo import drop_easy_questions, leader_answer, leader_reward
+    pool = [{"id": i, "pool_accuracy": a} for i, a in enumerate([0.75, 0.5, 1.0, 0.74, 0.0])]
+    assert [e["id"] for e in drop_easy_questions(pool, 0.75)] == [1, 3, 4]
+    assert leader_answer("2 + 2.</think><answer>4</answer> then <answer>5</answer>") == "5"  # the last tag
+    assert leader_answer("so it is 4.</think><answer>4") == "4"                             # cut at the stop
+    assert leader_answer("The answer is 4.") == "4" and leader_answer("The answer is 4.", strict_format=True) is None
+    assert leader_reward("<answer>$1,000</answer>", "1000") == 1.0
+    assert leader_reward("<answer>999</answer>", "1000") == 0.0
+
+
+def test_leader_methods_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
+    output = tmp_path / "leader.jsonl"
+    out = run_cli("evaluate.py", "--dataset", "arith", "--methods", f"leader,leader-solo,leader@{tiny_model_dir}",
+                  "--limit", "2", "--model", tiny_model_dir, "--leader-rounds", "2", "--leader-max-new-tokens", "8",
+                  "--output", str(output), "--no-progress")
+    records = read_records(str(output))
+    assert len(records) == 6 and f"leader@{tiny_model_dir}" in out
+    team = next(r for r in records if r["method"] == "leader")
+    assert len(team["transcript"]) == 2 and len(team["transcript"][0]["team"]) == 3
+    assert team["calls"] == 3 + 2 + 3                                # answers, 2 leader replies, 1 revision
+    solo = next(r for r in records if r["method"] == "leader-solo")
+    assert solo["calls"] == 1 and solo["transcript"][0]["team"] is None
+
+
+def test_mlpo_train_runs_and_saves_a_loadable_leader(tiny_model_dir, tmp_path):
+    out = run_cli("mlpo.py", "train", "--model", tiny_model_dir, "--questions", "3", "--steps", "2",
+                  "--group-size", "2", "--max-new-tokens", "8", "--responses-per-agent", "2",
+                  "--easy-threshold", "1.01", "--output", str(tmp_path / "leader"), "--device", "cpu")
+    assert "step   1" in out and "saved the trained leader" in out
+    log = [json.loads(line) for line in open(tmp_path / "leader" / "training_log.jsonl")]
+    assert [h["step"] for h in log] == [0, 1] and all(0 <= h["reward"] <= 1 for h in log)
+    trained = llm.load_llm(str(tmp_path / "leader"), device="cpu")
+    assert trained.sample(trained.chat("hi"), 1, max_new_tokens=4) is not None

@@ -1,0 +1,303 @@
+"""
+mlpo.py -- MLPO: a leader LLM that reads a team's answers and writes the final one, and how to train it.
+
+MLPO ../shared/METHOD.md, "MLPO":
+    # [paper] A team of K untrained agents answers; a single leader LLM reads their answers and writes its
+    #         own answer; this repeats for T rounds. Only the leader is trained: a policy-gradient method
+    #         with no value network and no explicit agent feedback.
+    # [ours, after the paper's reviewers' description]
+    #   inference: K = 3 agents, T = 5 rounds; round 0 the agents answer; the leader writes
+    #              <think>...</think><answer>...</answer>; in later rounds each agent revises its own answer
+    #              given the leader's last output, and the leader aggregates again; the last <answer> wins.
+    #   training:  an offline pool of 4 responses per agent per training question, made once; questions the
+    #              pool already solves >= 75% of the time are dropped; each prompt shows one response per
+    #              agent; G leader samples per prompt; reward 1 if the answer is right; advantage = reward -
+    #              group mean (no std division, Dr. GRPO); token terms summed and divided by a constant (not
+    #              by each completion's length, Dr. GRPO); PPO-style clipping; optional KL to the start model.
+
+Run:
+    python mlpo.py train --dataset arith --steps 20 --output checkpoints/leader-arith     # CPU, minutes
+    python evaluate.py --dataset arith --methods leader,leader@checkpoints/leader-arith --limit 30
+    python mlpo.py loss-demo                                  # the loss on a hand-made example
+
+A forker edits `mlpo_loss` (the objective), `leader_reward`, or the prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import sys
+
+import torch
+
+from llm import EMBEDDED_ALIAS, load_llm, option, parse_configs, print_config
+from utility import extract_answer, is_correct
+
+# ---------------------------------------------------------------- prompts and answers
+
+# [ours] One worked example of the reply format, written for this project. Small models rarely produce the
+# tags unprompted; with the example and the reply started with "<think>" they sometimes do.
+LEADER_TASK = ("You lead a team of {k} assistants who answered a math problem.\n\nProblem: {question}\n\n{team}\n\n"
+               "Check their answers and write the final answer. "
+               "Reply as <think>your reasoning</think><answer>the final answer</answer>")
+SOLO_TASK = ("Solve this math problem.\n\nProblem: {question}\n\n"
+             "Reply as <think>your reasoning</think><answer>the final answer</answer>")
+EXAMPLE_QUESTION = "Mia has 12 pencils. She gives 5 pencils to her brother. How many pencils does Mia have left?"
+EXAMPLE_TEAM = ["12 - 5 = 7.\nThe answer is 7.", "12 + 5 = 17.\nThe answer is 17.", "She has 7 left.\nThe answer is 7."]
+EXAMPLE_REPLY = ("<think>Mia gives pencils away, so we subtract: 12 - 5 = 7. Assistants 1 and 3 are right.</think>"
+                 "<answer>7</answer>")
+
+
+def format_team(responses: list[str]) -> str:
+    return "\n\n".join(f"Assistant {i + 1}:\n{r.strip()}" for i, r in enumerate(responses))
+
+
+def leader_prompt(leader, question: str, responses: list[str] | None) -> str:
+    """The leader's prompt: the question and the team's current responses (none: the leader alone)."""
+    if responses is None:
+        task = SOLO_TASK.format(question=question)
+        example = (SOLO_TASK.format(question=EXAMPLE_QUESTION), EXAMPLE_REPLY)
+    else:
+        task = LEADER_TASK.format(k=len(responses), question=question, team=format_team(responses))
+        example = (LEADER_TASK.format(k=len(EXAMPLE_TEAM), question=EXAMPLE_QUESTION,
+                                      team=format_team(EXAMPLE_TEAM)), EXAMPLE_REPLY)
+    return leader.chat(task, examples=[example], assistant_prefix="<think>")
+
+
+def leader_answer(reply: str, kind: str = "number", strict_format: bool = False) -> str | None:
+    """The answer of a leader's reply: the last <answer>...</answer> (an unclosed last tag counts too).
+
+    [ours] Without any <answer> tag, the reply's answer is read by `extract_answer` unless strict_format:
+    the reviewers' description rewards only a tagged answer, which small models seldom write.
+    """
+    tagged = re.findall(r"<answer>(.*?)(?:</answer>|$)", reply, flags=re.S)
+    if tagged:
+        return extract_answer(tagged[-1], kind)
+    return None if strict_format else extract_answer(reply, kind)
+
+
+def leader_reward(reply: str, gold: str, kind: str = "number", strict_format: bool = False) -> float:
+    """[ours, after the reviewers] 1 if the reply's answer matches the reference answer, else 0."""
+    return float(is_correct(leader_answer(reply, kind, strict_format), gold))
+
+
+# ---------------------------------------------------------------- inference
+
+@dataclasses.dataclass
+class LeaderConfig:
+    """The MLPO leader at inference (methods leader and leader-solo)."""
+    leader_rounds: int = option(5, "[ours] T: rounds of team answers and leader aggregation")
+    leader_temperature: float = option(0.0, "[ours] the leader's temperature at inference (0: greedy)")
+    leader_max_new_tokens: int = option(256, "[ours] max new tokens of a leader reply or an agent revision")
+    strict_format: bool = option(False, "[ours] read only a tagged <answer> (else fall back to extract_answer)")
+
+
+def revision_question(question: str, previous: str, leader_reply: str) -> str:
+    return (f"{question}\n\nYour previous answer:\n{previous.strip()}\n\nYour team leader wrote:\n"
+            f"<think>{leader_reply.strip()}\n\nWrite your answer again, corrected if needed.")
+
+
+def lead(question: str, kind: str, agents: list, leader, config: LeaderConfig, seed: int = 0,
+         team: bool = True) -> dict:
+    """MLPO inference: the team answers, the leader aggregates, the team revises; the last <answer> wins."""
+    tokens = config.leader_max_new_tokens
+    responses = [a.llm.sample(a.prompt(question, kind), 1, temperature=a.temperature, max_new_tokens=tokens,
+                              seed=seed + i)[0] for i, a in enumerate(agents)] if team else None
+    transcript = []
+    for t in range(config.leader_rounds if team else 1):
+        reply = leader.sample(leader_prompt(leader, question, responses), 1, temperature=config.leader_temperature,
+                              max_new_tokens=tokens, stop=["</answer>"], seed=seed + 100 * (t + 1))[0]
+        transcript.append({"team": responses, "leader": reply})
+        if team and t + 1 < config.leader_rounds:  # each agent revises its own answer given the leader's reply
+            responses = [a.llm.sample(a.prompt(revision_question(question, r, reply), kind), 1,
+                                      temperature=a.temperature, max_new_tokens=tokens,
+                                      seed=seed + 100 * (t + 1) + i + 1)[0]
+                         for i, (a, r) in enumerate(zip(agents, responses))]
+    final = transcript[-1]["leader"]
+    return {"prediction": leader_answer(final, kind, config.strict_format), "raw": [final],
+            "tagged": "<answer>" in final, "transcript": transcript}
+
+
+# ---------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class TrainConfig:
+    """python mlpo.py train: train the leader with a group-relative policy gradient."""
+    dataset: str = option("arith", "training data: arith (its train split) or gsm8k (its train file)")
+    data_dir: str | None = option(None, "folder with gsm8k/train.jsonl (else $ALIGN_DATA_DIR, else download)")
+    questions: int = option(64, "training questions to build the offline pool from")
+    preset: str = option("tiny", "tiny or paper: the team (see evaluate.py)")
+    model: str | None = option(None, "one backbone for the team and the starting leader")
+    leader: str | None = option(None, "the starting leader (default: the preset's)")
+    output: str = option("checkpoints/leader", "folder the trained leader is saved to (save_pretrained)")
+    responses_per_agent: int = option(4, "[ours] offline pool: responses per agent per question")
+    easy_threshold: float = option(0.75, "[ours] drop questions whose pool is correct at least this often")
+    steps: int = option(20, "optimiser steps")
+    prompts_per_step: int = option(1, "prompts (groups) per step")
+    group_size: int = option(4, "G: leader samples per prompt")
+    temperature: float = option(1.0, "[ours] the leader's sampling temperature in training")
+    max_new_tokens: int = option(96, "[ours] max new tokens of a sampled leader reply")
+    learning_rate: float = option(1e-5, "[ours] AdamW learning rate")
+    clip_epsilon: float = option(0.2, "[ours] PPO clipping range")
+    kl_coef: float = option(0.0, "[ours] weight of the KL to the starting model (0: none, as in Dr. GRPO)")
+    ppo_epochs: int = option(1, "[ours] gradient steps on each batch of samples")
+    strict_format: bool = option(False, "[ours] reward only a tagged <answer>")
+    seed: int = option(0, "random seed (the pool, the prompts, the samples)")
+    device: str | None = option(None, "cuda, cpu, ...")
+
+
+def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max_new_tokens: int, seed: int):
+    """The offline pool: `responses_per_agent` sampled responses of every agent to every question, made once."""
+    from tqdm import tqdm
+    pool = []
+    for n, problem in enumerate(tqdm(problems, desc="offline pool", dynamic_ncols=True)):
+        responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"]), responses_per_agent,
+                                  temperature=a.temperature, max_new_tokens=max_new_tokens, seed=seed + 97 * n + i)
+                     for i, a in enumerate(agents)]                   # responses[agent][k]
+        correct = [is_correct(extract_answer(r, problem["kind"]), problem["answer"]) for rs in responses for r in rs]
+        pool.append({**problem, "responses": responses, "pool_accuracy": sum(correct) / len(correct)})
+    return pool
+
+
+def drop_easy_questions(pool: list[dict], threshold: float = 0.75) -> list[dict]:
+    """[ours, after the reviewers] questions the team already solves >= threshold of the time teach nothing."""
+    return [entry for entry in pool if entry["pool_accuracy"] < threshold]
+
+
+def completion_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
+    """Per-token log p(completion token | everything before it), and the mask of real tokens: (batch, L) each.
+
+    Rows are left-padded, [pads | prompt | completion], so every completion ends in the last column and only
+    the last L + 1 positions need logits (L = the longest completion): the vocabulary projection is the
+    memory hog of a small model. Completions are right-aligned in the output.
+    """
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    width, longest = max(len(r) for r in rows), max(len(c) for c in completion_ids)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=model.device)        # (B, W)
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)      # what generate used: positions skip the pads
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                   logits_to_keep=longest + 1).logits.float()                                       # (B, L+1, V)
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)      # column j predicts token W - L + j
+    token_logprobs = logprobs.gather(-1, ids[:, width - longest:, None])[..., 0]                   # (B, L)
+    mask = torch.tensor([[0.0] * (longest - len(c)) + [1.0] * len(c) for c in completion_ids], device=model.device)
+    return token_logprobs * mask, mask
+
+
+def mlpo_loss(new_logprobs, old_logprobs, advantages, mask, normalizer: float, clip_epsilon: float = 0.2,
+              ref_logprobs=None, kl_coef: float = 0.0):
+    """The whole MLPO / Dr. GRPO objective on one screen.
+
+    new_logprobs, old_logprobs, ref_logprobs, mask: (G, L) per completion token; advantages: (G,).
+    """
+    # ALGO LOGIC:
+    ratio = torch.exp(new_logprobs - old_logprobs)                             # pi_theta / pi_old, per token
+    unclipped = ratio * advantages[:, None]
+    clipped = torch.clamp(ratio, 1 - clip_epsilon, 1 + clip_epsilon) * advantages[:, None]
+    per_token = -torch.minimum(unclipped, clipped)                            # PPO-style pessimistic bound
+    if ref_logprobs is not None and kl_coef > 0:                              # k3 estimate of KL(pi || ref)
+        log_ratio_ref = ref_logprobs - new_logprobs
+        per_token = per_token + kl_coef * (torch.exp(log_ratio_ref) - log_ratio_ref - 1)
+    return (per_token * mask).sum() / normalizer                              # Dr. GRPO: a constant, not |o_i|
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO: reward minus the group mean, with no division by the group's standard deviation."""
+    return rewards - rewards.mean()
+
+
+def train(config: TrainConfig) -> dict:
+    """Build the pool, filter it, and run `steps` group-relative policy-gradient steps on the leader."""
+    from tqdm import tqdm
+
+    from evaluate import EvalConfig, arith_problems, build_context, load_problems
+    from mcts import SearchConfig
+
+    if config.dataset not in ("arith", "gsm8k"):
+        raise SystemExit(f"error: train on arith or gsm8k (their training splits), not {config.dataset!r}")
+    problems = (arith_problems(config.questions, split="train", seed=config.seed) if config.dataset == "arith"
+                else load_problems("gsm8k_train", config.data_dir, config.questions))   # never a test split
+    ctx = build_context(EvalConfig(preset=config.preset, model=config.model, device=config.device, methods="cot"),
+                        SearchConfig())
+    # the leader is a private copy: training must not change the team's shared backbone
+    from evaluate import PRESETS
+    leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
+    reference = load_llm(leader.name, config.device, fresh=True) if config.kl_coef > 0 else None
+    pool = build_pool(ctx.agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
+    kept = drop_easy_questions(pool, config.easy_threshold)
+    print(f"pool: {len(pool)} questions, {len(kept)} kept (dropped {len(pool) - len(kept)} with pool accuracy "
+          f">= {config.easy_threshold:.0%})")
+    if not kept:
+        raise SystemExit("error: every question was dropped as easy; use harder data or more --questions")
+    rng = random.Random(config.seed)
+    optimizer = torch.optim.AdamW(leader.model.parameters(), lr=config.learning_rate)
+    normalizer = config.prompts_per_step * config.group_size * config.max_new_tokens
+    history = []
+    for step in (bar := tqdm(range(config.steps), desc="train", dynamic_ncols=True)):
+        prompt_ids, completion_ids, rewards, advantages = [], [], [], []
+        leader.model.eval()
+        for g in range(config.prompts_per_step):
+            entry = rng.choice(kept)
+            team = [rng.choice(responses) for responses in entry["responses"]]   # one response per agent
+            prompt = leader_prompt(leader, entry["question"], team)
+            replies = leader.sample(prompt, config.group_size, temperature=config.temperature,
+                                    max_new_tokens=config.max_new_tokens, stop=["</answer>"],
+                                    seed=config.seed * 100003 + step * 101 + g)
+            group = torch.tensor([leader_reward(r, entry["answer"], entry["kind"], config.strict_format)
+                                  for r in replies])
+            rewards.append(group)
+            advantages.append(group_advantages(group))
+            # [ours] completions are re-tokenised from their text; a closed answer tag is put back
+            completion_ids += [leader.encode(r + ("</answer>" if "<answer>" in r else "")) or [leader.pad_id]
+                               for r in replies]
+            prompt_ids += [leader.encode(prompt)] * config.group_size
+        rewards, advantages = torch.cat(rewards), torch.cat(advantages).to(leader.device)
+        with torch.no_grad():
+            old, mask = completion_logprobs(leader.model, prompt_ids, completion_ids, leader.pad_id)
+            ref = completion_logprobs(reference.model, prompt_ids, completion_ids, leader.pad_id)[0] \
+                if reference else None
+        leader.model.train()
+        for _ in range(config.ppo_epochs):
+            new, _ = completion_logprobs(leader.model, prompt_ids, completion_ids, leader.pad_id)
+            loss = mlpo_loss(new, old, advantages, mask, normalizer, config.clip_epsilon, ref, config.kl_coef)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(leader.model.parameters(), 1.0)
+            optimizer.step()
+        history.append({"step": step, "reward": rewards.mean().item(), "loss": loss.item()})
+        bar.write(f"step {step:3d}  reward {rewards.mean().item():.3f}  loss {loss.item():+.5f}")
+    leader.model.eval()
+    os.makedirs(config.output, exist_ok=True)
+    leader.model.save_pretrained(config.output)
+    leader.tokenizer.save_pretrained(config.output)
+    with open(os.path.join(config.output, "training_log.jsonl"), "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    print(f"saved the trained leader to {config.output}: use it with --leader {config.output} "
+          f"or a method named leader@{config.output}")
+    return {"history": history, "kept": len(kept), "pool": len(pool)}
+
+
+def loss_demo():
+    """The loss on a tiny hand-made batch, printed term by term."""
+    new = torch.tensor([[-1.0, -0.5], [-2.0, 0.0]])
+    old = torch.tensor([[-1.2, -0.5], [-1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    advantages = group_advantages(torch.tensor([1.0, 0.0]))
+    print(f"rewards [1, 0] -> advantages {advantages.tolist()}")
+    print(f"ratios {torch.exp(new - old).tolist()}")
+    print(f"loss = {mlpo_loss(new, old, advantages, mask, normalizer=4.0).item():.6f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "loss-demo":
+        loss_demo()
+    elif len(sys.argv) > 1 and sys.argv[1] == "train":
+        (train_config,) = parse_configs("python mlpo.py train: " + TrainConfig.__doc__, TrainConfig,
+                                        argv=sys.argv[2:])
+        print_config(train_config)
+        train(train_config)
+    else:
+        raise SystemExit("usage: python mlpo.py train [--help] | python mlpo.py loss-demo")
