@@ -1,7 +1,7 @@
 """
 align.py -- ALIGN: the delegation game between agents and a principal, composed from the other files.
 
-ALIGN ../shared/METHOD.md, "The loop", steps 1-8, and "Theory":
+ALIGN (arXiv 2602.00127): steps 1-8 of the loop in README.md, and the theorems:
     1. each agent's MCTS finds solutions, grouped into answer classes           (mcts.py, utility.py)
     2. internal utility U^i(a): the agent's self-consistency share of class a  (utility.py)
     3. the principal orders the pooled classes once per question              (principal.py)

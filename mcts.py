@@ -1,7 +1,7 @@
 """
 mcts.py -- agents, and how each one searches for candidate answers with Monte Carlo tree search.
 
-ALIGN ../shared/METHOD.md, "The loop", step 1:
+ALIGN (arXiv 2602.00127): step 1 of the loop in README.md:
     # [paper] Each agent generates candidate answers with MCTS: 16 rollouts, maximum depth 5.
     # [paper] Internal utility by self-consistency (utility.py).
     # [ours]  Everything else here: the tree is over partial solutions (a node = the question plus the
@@ -151,9 +151,10 @@ class SearchResult:
     model_calls: int = 0             # batched model invocations (each serves many sequences)
 
 
-def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig = SearchConfig(),
+def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
            seed: int = 0) -> SearchResult:
     """One agent's MCTS on one question. Same seed, same tree."""
+    config = config or SearchConfig()
     before, start = agent.llm.counters.snapshot(), time.perf_counter()
     prompt = agent.prompt(question, kind)
     root, samples, invocations, done = Node(steps=[]), [], 0, 0

@@ -1,7 +1,7 @@
 """
 mlpo.py -- MLPO: a leader LLM that reads a team's answers and writes the final one, and how to train it.
 
-MLPO ../shared/METHOD.md, "MLPO":
+MLPO (arXiv 2507.08960), as README.md summarises it:
     # [paper] A team of K untrained agents answers; a single leader LLM reads their answers and writes its
     #         own answer; this repeats for T rounds. Only the leader is trained: a policy-gradient method
     #         with no value network and no explicit agent feedback.
@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from llm import EMBEDDED_ALIAS, load_llm, option, parse_configs, print_config
+from llm import load_llm, option, parse_configs, print_config
 from utility import extract_answer, is_correct
 
 # ---------------------------------------------------------------- prompts and answers

@@ -1,7 +1,7 @@
 """
 principal.py -- the principal: it orders the pooled answer classes, gives rank feedback, picks the answer.
 
-ALIGN ../shared/METHOD.md, "The loop", steps 3, 4 and 7:
+ALIGN (arXiv 2602.00127): steps 3, 4 and 7 of the loop in README.md:
     # [paper] Ranking feedback from the principal: +1 for the top-ranked submission, -1 for the bottom one.
     # [paper] The principal selects the final answer.
     # [ours]  The principal orders the pooled classes once per question. Default `score`: a verification

@@ -332,7 +332,7 @@ class FakeLLM:
         self.prompts += [prefix + s for s in suffixes]
         self.counters.calls += len(suffixes) * num_samples
         self.counters.generated_tokens += len(suffixes) * num_samples
-        if stop:  # a step: the script's list of next steps for this partial solution
+        if stop and "\n" in stop:  # an MCTS step: the script's list of next steps for this partial solution
             return [list(self.steps.get(s, [self.default_step] * num_samples))[:num_samples] for s in suffixes]
         return [[self.completions.get(s, self.default_completion)] * num_samples for s in suffixes]
 
@@ -405,13 +405,14 @@ def test_the_gold_answer_never_reaches_a_model():
     from mcts import Agent, SearchConfig
     agents_llm = FakeLLM(default_step="Add them.", default_completion="So the total is 12. The answer is 12.")
     principal = FakeLLM()
+    leader = FakeLLM(default_completion="The team agrees.</think><answer>12")
     ctx = Context(EvalConfig(sc_samples=2), [Agent(f"a{i}", agents_llm, 0.7) for i in range(3)],
-                  principal=principal, search_config=SearchConfig(rollouts=4, children=2))
+                  principal=principal, leader=leader, search_config=SearchConfig(rollouts=4, children=2))
     problem = {"id": "p", "question": "Ava has 5 apples and buys 7 more. How many?", "answer": "31337",
                "kind": "number"}
-    for method in ["cot", "sc", "mcts", "vote", "principal", "align"]:
+    for method in ["cot", "sc", "mcts", "vote", "principal", "align", "leader", "leader-solo"]:
         assert METHODS[method](problem, ctx)["prediction"] == "12"
-    prompts = agents_llm.prompts + principal.prompts
+    prompts = agents_llm.prompts + principal.prompts + leader.prompts
     assert prompts and not any("31337" in p for p in prompts)
 
 
@@ -557,6 +558,7 @@ def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert len(vote["agents"]) == 3 and all("classes" in a and "cost" in a for a in vote["agents"])
     calls = {r["method"]: r["calls"] for r in records if r["problem_id"] == "arith-test-0-0"}
     assert calls["vote"] > calls["mcts"] and calls["principal"] >= calls["vote"]   # each charged what it uses
+    assert calls["principal"] == calls["align"]                  # the same search and order, charged once each
 
 
 # ---------------------------------------------------------------- mlpo.py

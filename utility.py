@@ -1,7 +1,7 @@
 """
 utility.py -- final answers, when two answers are the same, and what an answer is worth to an agent.
 
-ALIGN ../shared/METHOD.md, "The loop", steps 1-2:
+ALIGN (arXiv 2602.00127): steps 1-2 of the loop in README.md:
     # [paper] Internal utility U^i(a): self-consistency, the empirical frequency of answer a among
     #         agent i's K samples.
     # [ours]  Samples are grouped into answer classes by `same_answer`; each class keeps one representative
