@@ -105,6 +105,12 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
         raise ModelLoadError(f"could not load model {name!r} from {where!r}: "
                              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
                              f"  To fix: {hint}.") from None
+    if gguf_file:
+        # The GGUF weights were de-quantised to float on loading; forget the quantiser that transformers
+        # attached, or the model refuses save_pretrained (a trained leader must be saved).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     model.to(torch_device).eval()
     llm = LLM(name, model, tokenizer, torch_device)
     if not fresh:

@@ -227,6 +227,9 @@ def train(config: TrainConfig) -> dict:
     leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
     reference = load_llm(leader.name, config.device, fresh=True) if config.kl_coef > 0 else None
     pool = build_pool(ctx.agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
+    os.makedirs(config.output, exist_ok=True)
+    with open(os.path.join(config.output, "pool.jsonl"), "w") as f:   # what the leader was trained on
+        f.writelines(json.dumps(entry) + "\n" for entry in pool)
     kept = drop_easy_questions(pool, config.easy_threshold)
     print(f"pool: {len(pool)} questions, {len(kept)} kept (dropped {len(pool) - len(kept)} with pool accuracy "
           f">= {config.easy_threshold:.0%})")
@@ -236,6 +239,8 @@ def train(config: TrainConfig) -> dict:
     optimizer = torch.optim.AdamW(leader.model.parameters(), lr=config.learning_rate)
     normalizer = config.prompts_per_step * config.group_size * config.max_new_tokens
     history = []
+    os.makedirs(config.output, exist_ok=True)
+    log = open(os.path.join(config.output, "training_log.jsonl"), "w")   # one line per step, flushed
     for step in (bar := tqdm(range(config.steps), desc="train", dynamic_ncols=True)):
         prompt_ids, completion_ids, rewards, advantages = [], [], [], []
         leader.model.eval()
@@ -267,14 +272,15 @@ def train(config: TrainConfig) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(leader.model.parameters(), 1.0)
             optimizer.step()
-        history.append({"step": step, "reward": rewards.mean().item(), "loss": loss.item()})
+        history.append({"step": step, "reward": rewards.mean().item(), "loss": loss.item(),
+                        "rewards": rewards.tolist()})
+        log.write(json.dumps(history[-1]) + "\n")
+        log.flush()
         bar.write(f"step {step:3d}  reward {rewards.mean().item():.3f}  loss {loss.item():+.5f}")
+    log.close()
     leader.model.eval()
-    os.makedirs(config.output, exist_ok=True)
     leader.model.save_pretrained(config.output)
     leader.tokenizer.save_pretrained(config.output)
-    with open(os.path.join(config.output, "training_log.jsonl"), "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
     print(f"saved the trained leader to {config.output}: use it with --leader {config.output} "
           f"or a method named leader@{config.output}")
     return {"history": history, "kept": len(kept), "pool": len(pool)}

@@ -639,3 +639,14 @@ def test_mlpo_train_runs_and_saves_a_loadable_leader(tiny_model_dir, tmp_path):
     assert [h["step"] for h in log] == [0, 1] and all(0 <= h["reward"] <= 1 for h in log)
     trained = llm.load_llm(str(tmp_path / "leader"), device="cpu")
     assert trained.sample(trained.chat("hi"), 1, max_new_tokens=4) is not None
+
+
+def test_the_embedded_gguf_model_saves_and_reloads(tmp_path):
+    """A leader trained from the embedded GGUF model must be savable (transformers marks GGUF models as
+    quantised and refuses save_pretrained unless llm.py clears the mark)."""
+    model = llm.load_llm(llm.EMBEDDED_ALIAS, device="cpu", fresh=True)
+    model.model.save_pretrained(str(tmp_path))
+    model.tokenizer.save_pretrained(str(tmp_path))
+    again = llm.load_llm(str(tmp_path), device="cpu")
+    prompt = model.chat("What is 2 + 3?")
+    assert model.sample(prompt, 1, max_new_tokens=12) == again.sample(prompt, 1, max_new_tokens=12)
