@@ -455,7 +455,7 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     output = config.output or os.path.join("runs", f"{config.dataset}-{config.preset}-seed{config.seed}.jsonl")
     rank_files = [f"{output}.rank{r}" for r in range(world)] if world > 1 else []
-    if rank == 0 and os.path.exists(output) and not (config.resume or config.overwrite):
+    if os.path.exists(output) and not (config.resume or config.overwrite):  # every rank stops, none hangs
         raise DataError(f"{output} exists: pass --resume to continue it, --overwrite to start again, "
                         f"or --output to write elsewhere.")
     device = config.device
