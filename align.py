@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from hedge import Hedge, hedge_regret_bound, tuned_learning_rate
-from llm import EMBEDDED_ALIAS, option, parse_configs, print_config
+from llm import option, parse_configs, print_config
 from principal import plackett_luce_order, rank_feedback, select_final
 from utility import same_answer
 
@@ -288,9 +288,14 @@ if __name__ == "__main__":
     if solve.simulate:
         print_theory_checks()
         raise SystemExit(0)
-    ctx = build_context(EvalConfig(preset=solve.preset, model=solve.model or EMBEDDED_ALIAS, seed=solve.seed,
-                                   methods="align", device=solve.device), search_config,
-                        {"GameConfig": game_config})
+    from evaluate import DataError
+    from llm import ModelLoadError
+    try:
+        ctx = build_context(EvalConfig(preset=solve.preset, model=solve.model, seed=solve.seed,
+                                       methods="align", device=solve.device), search_config,
+                            {"GameConfig": game_config})
+    except (DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     problem = {"id": "cli", "question": solve.question, "kind": solve.kind}
     for agent, result in zip(ctx.agents, agent_searches(problem, ctx)):
         print(f"{agent.name}: " + ", ".join(f"{c.answer!r} (U={c.utility:.2f})" for c in result.classes))
@@ -298,4 +303,7 @@ if __name__ == "__main__":
     order, _ = principal_order(problem, ctx)
     print("principal's order: " + " > ".join(f"{answers[k]!r} ({order.scores[k]:.2f})" for k in order.order))
     record = delegate(answers, players, order, game_config, ctx.seed(problem, "align"))
-    print_game(record, answers) if record["rounds"] else print("  no agent reached an answer")
+    if record["rounds"]:
+        print_game(record, answers)
+    else:
+        print("  no agent reached an answer")

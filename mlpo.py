@@ -213,7 +213,8 @@ def train(config: TrainConfig) -> dict:
     """Build the pool, filter it, and run `steps` group-relative policy-gradient steps on the leader."""
     from tqdm import tqdm
 
-    from evaluate import EvalConfig, arith_problems, build_context, load_problems
+    # imported here: evaluate.py imports this file for its leader methods
+    from evaluate import PRESETS, EvalConfig, arith_problems, build_context, load_problems
     from mcts import SearchConfig
 
     if config.dataset not in ("arith", "gsm8k"):
@@ -223,7 +224,6 @@ def train(config: TrainConfig) -> dict:
     ctx = build_context(EvalConfig(preset=config.preset, model=config.model, device=config.device, methods="cot"),
                         SearchConfig())
     # the leader is a private copy: training must not change the team's shared backbone
-    from evaluate import PRESETS
     leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
     reference = load_llm(leader.name, config.device, fresh=True) if config.kl_coef > 0 else None
     pool = build_pool(ctx.agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
@@ -304,6 +304,11 @@ if __name__ == "__main__":
         (train_config,) = parse_configs("python mlpo.py train: " + TrainConfig.__doc__, TrainConfig,
                                         argv=sys.argv[2:])
         print_config(train_config)
-        train(train_config)
+        from evaluate import DataError
+        from llm import ModelLoadError
+        try:
+            train(train_config)
+        except (DataError, ModelLoadError) as error:
+            raise SystemExit(f"error: {error}") from None
     else:
         raise SystemExit("usage: python mlpo.py train [--help] | python mlpo.py loss-demo")
