@@ -1,25 +1,25 @@
 """
-align.py -- ALIGN: the delegation game between agents and a principal, composed from the other files.
+align.py -- ALIGN: agents search, the principal ranks, the agents learn what to submit, the principal picks.
 
-ALIGN (arXiv 2602.00127): steps 1-8 of the loop in README.md, and the theorems:
-    1. each agent's MCTS finds solutions, grouped into answer classes           (mcts.py, utility.py)
-    2. internal utility U^i(a): the agent's self-consistency share of class a  (utility.py)
-    3. the principal orders the pooled classes once per question              (principal.py)
-    4. rounds t = 1..T: each agent submits a ~ pi_t^i; the distinct submissions are ranked; r in [-1, 1]
-    5. full-information utilities u_t^i(a) = U^i(a) * r(a | the others' submissions)
-    6. Hedge: pi_{t+1}^i(a) proportional to exp(eta * sum_s u_s^i(a)); stop when no policy moves   (hedge.py)
-    7. final answer: the principal's top-ranked class among the agents' argmax submissions
-    8. diagnostics: regret against the Hedge bound (Theorem 2), Nash gap of the average policies
-       (Theorem 3), Pareto compliance, rounds to convergence
+ALIGN, "Aligned Delegation with Performance Guarantees for Multi-Agent LLM Reasoning" (arXiv 2602.00127).
+`solve` below is the whole pipeline for one question, one step per line, in the paper's order:
 
-The game itself (`play_delegation_game`) needs no model: it takes each agent's classes with their
-utilities and the principal's ranking. That is how the synthetic games below check the theorems.
+    1. candidates    each agent's MCTS finds complete solutions                       (mcts.py)
+    2. utilities     solutions grouped into answer classes; U^i(a) = self-consistency  (utility.py)
+    3. order         the principal orders the pooled classes once                     (principal.py)
+    4-6. rounds      agents submit a ~ pi^i, the principal's ranking gives feedback r, Hedge updates pi^i
+    7. final pick    the principal's top class among the agents' final submissions
+    8. diagnostics   regret against the Hedge bound (Theorem 2), Nash gap (Theorem 3), Pareto compliance
+
+Steps 4-8 need no model: `play_delegation_game` takes each agent's classes with their utilities and the
+principal's ranking. The synthetic games at the bottom use it to check the theorems.
 
 Run:
     python align.py --question "Ava has 5 apples and buys 7 more. How many apples does she have?"
     python align.py --simulate            # synthetic games: Theorems 1-3 with printed figures
 
-A forker tries a new delegation rule where it says `# DELEGATION RULE:`.
+A forker tries a new delegation rule in the block marked `# DELEGATION RULE:`; the game and its
+diagnostics (the regret bound included) follow from it.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from typing import Callable
 import numpy as np
 
 from hedge import Hedge, hedge_regret_bound, tuned_learning_rate
-from llm import option, parse_configs, print_config
-from principal import plackett_luce_order, rank_feedback, select_final
+from llm import PRESETS, ModelLoadError, derive_seed, load_llm, option, parse_configs, print_config
+from mcts import SearchConfig, make_agents, search
+from principal import PrincipalOrder, plackett_luce_order, rank_classes, select_final
 from utility import same_answer
 
 
@@ -45,21 +46,48 @@ class GameConfig:
     principal_tau: float = option(0.0, "[ours] Plackett-Luce temperature of each round's ranking (0: fixed)")
 
 
+# ================================================================ the pipeline, one question
+
+def solve(question: str, kind: str, agents: list, principal, search_config: SearchConfig,
+          game_config: GameConfig, seed: int = 0) -> dict:
+    """ALIGN on one question: returns the game's record, with the answer under "prediction"."""
+    seeds = [derive_seed(seed, "search", i) for i in range(len(agents))]
+    searches = candidates(agents, question, kind, search_config, seeds)       # 1. [paper] MCTS per agent
+    pool = pool_classes(searches)                                             # 2. [paper] U^i(a) per class
+    order = principal_order(principal, question, pool, game_config.principal_mode,
+                            derive_seed(seed, "principal"))                   # 3. the principal's order
+    return delegate(pool, order, game_config, derive_seed(seed, "align"))     # 4-8. the game
+
+
+def candidates(agents: list, question: str, kind: str, config: SearchConfig, seeds: list) -> list:
+    """Step 1. [paper] Each agent generates candidate answers with MCTS (16 rollouts, depth 5)."""
+    return [search(agent, question, kind, config, seed) for agent, seed in zip(agents, seeds)]
+
+
 @dataclasses.dataclass
 class Player:
-    """One agent as the game sees it: its answer classes (pool indices) and U^i of each."""
+    """One agent as the game sees it: its answer classes (indices into the pool) and U^i of each."""
     name: str
     actions: list                 # pool indices of this agent's answer classes
     utility: np.ndarray           # U^i(a) for each action, in [0, 1]
 
 
-def pool_classes(search_results) -> tuple:
-    """Pool the agents' answer classes (merged by `same_answer`) -> (pooled answers, representatives, players).
+@dataclasses.dataclass
+class Pool:
+    """Step 2. The agents' answer classes pooled: C = the union of every C_i, merged by `same_answer`."""
+    answers: list                 # one answer per pooled class
+    representatives: list         # the Sample shown to the principal for each class
+    players: list                 # one Player per agent (an agent with no class has no actions)
 
-    A pooled class's representative is its highest-reward solution across all agents.
+
+def pool_classes(searches: list) -> Pool:
+    """Pool the agents' classes. [ours] A pooled class's representative is its highest-reward solution.
+
+    U^i(a) is each agent's own self-consistency share (utility.py): [paper] "the empirical frequency of
+    answer a among agent i's samples".
     """
     answers, representatives, players = [], [], []
-    for result in search_results:
+    for result in searches:
         actions, utilities = [], []
         for c in result.classes:
             home = next((k for k, a in enumerate(answers) if same_answer(a, c.answer)), None)
@@ -72,58 +100,122 @@ def pool_classes(search_results) -> tuple:
             actions.append(home)
             utilities.append(c.utility)
         players.append(Player(result.agent, actions, np.array(utilities)))
-    return answers, representatives, players
+    return Pool(answers, representatives, players)
 
 
-def agent_utility(internal_utility: float, rank_reward: float) -> float:
-    # DELEGATION RULE: [paper] an agent's utility combines its internal preference and the principal's
-    # ranking feedback as a product, U^i(a) * r. Try another combination here (an additive mix, a
-    # threshold on U, ...); the game, the diagnostics and evaluate.py pick it up.
-    return internal_utility * rank_reward
+def principal_order(principal, question: str, pool: Pool, mode: str, seed: int) -> PrincipalOrder | None:
+    """Step 3. [ours] The principal orders the pooled classes once per question (None: an empty pool)."""
+    if not pool.answers:
+        return None
+    return rank_classes(principal, question, pool.answers, [r.trace for r in pool.representatives], mode, seed)
 
 
-def counterfactual_utilities(player: Player, others_submitted: list, ranking: list) -> np.ndarray:
-    """u(a) for every action a of the player: the feedback a would have got against the others' submissions.
+# ================================================================ DELEGATION RULE
+# DELEGATION RULE: everything that says what a submission is worth to an agent sits in this block, so a
+# forker changes it here and the game, the counterfactual utilities and the regret bound all follow.
+#   - the feedback's shape over ranks: rank k (0 = best) of m distinct submissions -> r
+#   - the agent's utility of a submission: u = f(U^i(a), r)
+#   - the range of u (max - min over U in [0, 1] and every r), which Hedge's regret bound must use
 
-    [ours] full information: the principal's order covers every class, so no extra model call is needed.
+@dataclasses.dataclass(frozen=True)
+class DelegationRule:
+    name: str
+    feedback: Callable            # (k, m) -> r: the principal's feedback for rank k of m
+    utility: Callable             # (U, r) -> u: what the agent gets for a submission
+    utility_range: float          # max u - min u; the regret bound of Theorem 2 scales with it
+
+
+def linear_rank_feedback(k: int, m: int) -> float:
+    # [paper] +1 for the top-ranked submission, -1 for the bottom one.
+    # [ours] linear in between; a lone submission (m = 1) gets +1.
+    return 1.0 if m == 1 else 1.0 - 2.0 * k / (m - 1)
+
+
+PRODUCT = DelegationRule(
+    "product",
+    feedback=linear_rank_feedback,
+    utility=lambda U, r: U * r,   # [paper] "internal preference x ranking feedback"
+    utility_range=2.0,            # U in [0, 1], r in [-1, 1]  =>  u in [-1, 1]
+)
+DELEGATION_RULE = PRODUCT
+
+
+def rank_feedback(submitted: list, ranking: list, rule: DelegationRule = DELEGATION_RULE) -> dict:
+    """r for each distinct submitted class, by its rank among the submissions in the principal's `ranking`.
+
+    `submitted` holds pool indices (agents that submitted the same class share its rank); `ranking` is
+    the principal's order of all pool indices, best first.
     """
-    return np.array([agent_utility(player.utility[k], rank_feedback(others_submitted + [a], ranking)[a])
+    position = {index: k for k, index in enumerate(ranking)}
+    distinct = sorted(set(submitted), key=lambda a: position[a])
+    return {a: rule.feedback(k, len(distinct)) for k, a in enumerate(distinct)}
+
+
+def counterfactual_utilities(player: Player, others_submitted: list, ranking: list,
+                             rule: DelegationRule = DELEGATION_RULE) -> np.ndarray:
+    """u(a) for every action a of the player: what a would have earned against the others' submissions.
+
+    [ours] Full information: the principal's order covers every class, so no extra model call is needed.
+    """
+    return np.array([rule.utility(player.utility[k], rank_feedback(others_submitted + [a], ranking, rule)[a])
                      for k, a in enumerate(player.actions)])
 
 
-def play_delegation_game(players: list, ranking_for_round: Callable[[int], list], base_ranking: list,
-                         config: GameConfig, seed: int = 0) -> dict:
-    """Rounds of submission, ranking and Hedge updates; returns the record of the game with its diagnostics.
+# ================================================================ steps 4-8: the game
 
-    players: agents with at least one class (agents with none abstain and are left out by the caller).
-    ranking_for_round(t): the principal's order of all pool indices in round t (best first).
-    base_ranking: the principal's deterministic order, used for the final pick and the Nash gap.
+def delegate(pool: Pool, order: PrincipalOrder | None, config: GameConfig, seed: int = 0) -> dict:
+    """The game on real candidates: abstaining agents recorded, noise applied, the final answer read off."""
+    playing = [p for p in pool.players if p.actions]
+    abstained = [p.name for p in pool.players if not p.actions]
+    if not playing or order is None:       # no agent reached an answer: nothing to delegate
+        return {"prediction": None, "abstained": abstained, "rounds": [], "diagnostics": None}
+    rng = np.random.default_rng(seed)
+    # [ours] optional noise: each round's ranking is drawn from Plackett-Luce over the scores (tau = 0: fixed)
+    game = play_delegation_game(playing, lambda t: plackett_luce_order(order, config.principal_tau, rng),
+                                order.order, config, seed)
+    game.update(prediction=pool.answers[game["final"]], abstained=abstained, players=[p.name for p in playing],
+                pool=[{"answer": a, "score": round(s, 4)} for a, s in zip(pool.answers, order.scores)],
+                principal_order=order.order, principal_parse_failed=order.parse_failed)
+    return game
+
+
+def play_delegation_game(players: list, ranking_for_round: Callable[[int], list], base_ranking: list,
+                         config: GameConfig, seed: int = 0, rule: DelegationRule = DELEGATION_RULE) -> dict:
+    """Rounds of submission, ranking and Hedge updates; the record of the game with its diagnostics.
+
+    players: agents with at least one class. ranking_for_round(t): the principal's order of all pool
+    indices in round t (best first). base_ranking: its deterministic order (final pick, Nash gap).
     """
+    # [paper] policies start uniform; Hedge = online mirror descent with the entropy regulariser (hedge.py)
     learners = [Hedge(len(p.actions), config.eta, seed=seed * 7919 + i) for i, p in enumerate(players)]
-    rounds = []
-    converged = False
-    for t in range(config.max_rounds):
+    rounds, converged = [], False
+    for t in range(config.max_rounds):                                       # [paper] at most T = 20 rounds
         ranking = ranking_for_round(t)
         before = [learner.policy() for learner in learners]
-        choices = [learner.sample() for learner in learners]
+        choices = [learner.sample() for learner in learners]                 # 4. a_t^i ~ pi_t^i (seeded)
         submitted = [p.actions[c] for p, c in zip(players, choices)]
         utilities = []
         for i, (player, learner) in enumerate(zip(players, learners)):
-            u = counterfactual_utilities(player, submitted[:i] + submitted[i + 1:], ranking)
-            learner.update(u)
+            # 5. u_t^i(a) for every a: the feedback a would have got against the others' submissions
+            u = counterfactual_utilities(player, submitted[:i] + submitted[i + 1:], ranking, rule)
+            learner.update(u)                                                # 6. Hedge step
             utilities.append(u)
         moved = [float(np.abs(learner.policy() - b).sum()) for learner, b in zip(learners, before)]
-        rounds.append({"submitted": submitted, "ranking": ranking, "feedback": rank_feedback(submitted, ranking),
+        rounds.append({"submitted": submitted, "ranking": ranking,
+                       "feedback": rank_feedback(submitted, ranking, rule),
                        "utilities": [u.round(4).tolist() for u in utilities],
                        "policies": [b.round(4).tolist() for b in before], "moved": moved,
                        "pareto": [is_pareto_optimal(p, c, ranking) for p, c in zip(players, choices)]})
-        if max(moved) < config.tolerance:
+        if max(moved) < config.tolerance:                                    # [ours] stop: no policy moved
             converged = True
             break
+    # 7. [paper] each agent's final submission is the argmax of its policy; the principal picks among them
     final_submissions = [p.actions[int(np.argmax(learner.policy()))] for p, learner in zip(players, learners)]
+    # 8. diagnostics
     T = len(rounds)
     regrets = [learner.regret() for learner in learners]
-    bounds = [hedge_regret_bound(T, p_.num_actions, config.eta) if p_.num_actions > 1 else 0.0 for p_ in learners]
+    bounds = [hedge_regret_bound(T, learner.num_actions, config.eta, rule.utility_range)
+              if learner.num_actions > 1 else 0.0 for learner in learners]
     averages = [learner.average_policy() for learner in learners]
     pareto = [ok for r in rounds for ok in r["pareto"]]
     return {
@@ -133,10 +225,10 @@ def play_delegation_game(players: list, ranking_for_round: Callable[[int], list]
         "final_policies": [learner.policy().round(4).tolist() for learner in learners],
         "diagnostics": {
             "rounds": T, "converged": converged,
-            "regret": regrets, "regret_bound": bounds,
+            "regret": regrets, "regret_bound": bounds,                         # Theorem 2
             "regret_ratio": float(np.mean([r / b if b > 0 else 0.0 for r, b in zip(regrets, bounds)])),
-            "nash_gap": nash_gap(players, averages, base_ranking),
-            "pareto": float(np.mean(pareto)) if pareto else 1.0,
+            "nash_gap": nash_gap(players, averages, base_ranking, rule),       # Theorem 3
+            "pareto": float(np.mean(pareto)) if pareto else 1.0,               # Assumption 1(i)
         },
     }
 
@@ -150,7 +242,8 @@ def is_pareto_optimal(player: Player, choice: int, ranking: list) -> bool:
                    for k, b in enumerate(player.actions))
 
 
-def expected_utilities(players: list, policies: list, i: int, ranking: list) -> np.ndarray:
+def expected_utilities(players: list, policies: list, i: int, ranking: list,
+                       rule: DelegationRule = DELEGATION_RULE) -> np.ndarray:
     """E[u^i(a)] for each action a of agent i when the others play their (mixed) policies independently.
 
     Exact: enumerates the others' joint submissions (a few classes each, a few agents).
@@ -162,36 +255,21 @@ def expected_utilities(players: list, policies: list, i: int, ranking: list) -> 
         if probability == 0:
             continue
         submitted = [players[j].actions[c] for j, c in zip(others, joint)]
-        values += probability * counterfactual_utilities(players[i], submitted, ranking)
+        values += probability * counterfactual_utilities(players[i], submitted, ranking, rule)
     return values
 
 
-def nash_gap(players: list, policies: list, ranking: list) -> float:
+def nash_gap(players: list, policies: list, ranking: list, rule: DelegationRule = DELEGATION_RULE) -> float:
     """The largest gain any agent gets by deviating unilaterally from the profile `policies` (0 at a Nash
     equilibrium). Theorem 3: for the average policies it shrinks as T grows."""
     gaps = []
     for i in range(len(players)):
-        values = expected_utilities(players, policies, i, ranking)
+        values = expected_utilities(players, policies, i, ranking, rule)
         gaps.append(float(values.max() - policies[i] @ values))
     return max(gaps) if gaps else 0.0
 
 
-def delegate(answers: list, players: list, order, config: GameConfig, seed: int = 0) -> dict:
-    """The game on real candidates: abstaining agents recorded, noise applied, final answer read off."""
-    playing = [p for p in players if p.actions]
-    abstained = [p.name for p in players if not p.actions]
-    if not playing:  # no agent reached an answer: nothing to delegate
-        return {"prediction": None, "abstained": abstained, "rounds": [], "diagnostics": None}
-    rng = np.random.default_rng(seed)
-    game = play_delegation_game(playing, lambda t: plackett_luce_order(order, config.principal_tau, rng),
-                                order.order, config, seed)
-    game.update(prediction=answers[game["final"]], abstained=abstained, players=[p.name for p in playing],
-                pool=[{"answer": a, "score": round(s, 4)} for a, s in zip(answers, order.scores)],
-                principal_order=order.order, principal_parse_failed=order.parse_failed)
-    return game
-
-
-# ---------------------------------------------------------------- synthetic games (the theory checks)
+# ================================================================ synthetic games (the theory checks)
 
 def synthetic_question(rng: np.random.Generator, correlation: float, num_agents: int = 3, pool_size: int = 6):
     """[ours] A question with no LLM: who can find what, how sure each agent is, and what the principal thinks.
@@ -222,7 +300,8 @@ def simulate(num_games: int, correlation: float, rounds: int, eta: float | None 
     align_correct, single_correct, regret, bound, gaps, over_bound = [], [], [], [], [], 0
     for g in range(num_games):
         players, ranking = synthetic_question(rng, correlation)
-        step = eta if eta is not None else tuned_learning_rate(rounds, max(len(p.actions) for p in players))
+        step = eta if eta is not None else tuned_learning_rate(rounds, max(len(p.actions) for p in players),
+                                                               DELEGATION_RULE.utility_range)
         config = GameConfig(eta=step, max_rounds=rounds, tolerance=tolerance)
         game = play_delegation_game(players, lambda t: ranking, ranking, config, seed=seed * 100003 + g)
         d = game["diagnostics"]
@@ -252,14 +331,14 @@ def print_theory_checks(num_games: int = 300, seed: int = 0) -> None:
               f"{s['single_accuracy']:.3f}")
 
 
-# ---------------------------------------------------------------- one question, end to end
+# ================================================================ command line
 
 @dataclasses.dataclass
 class SolveConfig:
     """python align.py: solve one question with ALIGN and print the game as it unfolds."""
     question: str = option("Ava has 5 apples and buys 7 more. How many apples does she have?", "the question")
     kind: str = option("number", "answer kind: number or math")
-    preset: str = option("tiny", "tiny or paper (see evaluate.py)")
+    preset: str = option("tiny", "tiny or paper: which models play the agents and the principal")
     model: str | None = option(None, "one backbone for every agent and the principal")
     seed: int = option(0, "random seed")
     device: str | None = option(None, "cuda, cpu, ...")
@@ -278,32 +357,38 @@ def print_game(record: dict, answers: list) -> None:
           f"Pareto compliance {d['pareto']:.2f}")
 
 
-if __name__ == "__main__":
-    from evaluate import EvalConfig, agent_searches, build_context, principal_order
-    from mcts import SearchConfig
-
-    solve, search_config, game_config = parse_configs(__doc__.split("\n\n")[0], SolveConfig, SearchConfig,
-                                                      GameConfig)
-    print_config(solve, search_config, game_config)
-    if solve.simulate:
+def main(argv=None) -> None:
+    solve_config, search_config, game_config = parse_configs(__doc__.split("\n\n")[0], SolveConfig,
+                                                             SearchConfig, GameConfig, argv=argv)
+    print_config(solve_config, search_config, game_config)
+    if solve_config.simulate:
         print_theory_checks()
-        raise SystemExit(0)
-    from evaluate import DataError
-    from llm import ModelLoadError
+        return
+    if solve_config.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {solve_config.preset!r}; choose one of {sorted(PRESETS)}.")
     try:
-        ctx = build_context(EvalConfig(preset=solve.preset, model=solve.model, seed=solve.seed,
-                                       methods="align", device=solve.device), search_config,
-                            {"GameConfig": game_config})
-    except (DataError, ModelLoadError) as error:
+        agents = make_agents(solve_config.preset, solve_config.model, solve_config.device)
+        principal = load_llm(solve_config.model or PRESETS[solve_config.preset]["principal"], solve_config.device)
+    except ModelLoadError as error:
         raise SystemExit(f"error: {error}") from None
-    problem = {"id": "cli", "question": solve.question, "kind": solve.kind}
-    for agent, result in zip(ctx.agents, agent_searches(problem, ctx)):
-        print(f"{agent.name}: " + ", ".join(f"{c.answer!r} (U={c.utility:.2f})" for c in result.classes))
-    answers, _, players = pool_classes(agent_searches(problem, ctx))
-    order, _ = principal_order(problem, ctx)
-    print("principal's order: " + " > ".join(f"{answers[k]!r} ({order.scores[k]:.2f})" for k in order.order))
-    record = delegate(answers, players, order, game_config, ctx.seed(problem, "align"))
+    # the pipeline of `solve`, step by step, printing as it goes
+    seed = solve_config.seed
+    searches = candidates(agents, solve_config.question, solve_config.kind, search_config,
+                          [derive_seed(seed, "search", i) for i in range(len(agents))])
+    for result in searches:
+        print(f"{result.agent}: " + ", ".join(f"{c.answer!r} (U={c.utility:.2f})" for c in result.classes))
+    pool = pool_classes(searches)
+    order = principal_order(principal, solve_config.question, pool, game_config.principal_mode,
+                            derive_seed(seed, "principal"))
+    if order is not None:
+        print("principal's order: " + " > ".join(f"{pool.answers[k]!r} ({order.scores[k]:.2f})"
+                                                 for k in order.order))
+    record = delegate(pool, order, game_config, derive_seed(seed, "align"))
     if record["rounds"]:
-        print_game(record, answers)
+        print_game(record, pool.answers)
     else:
         print("  no agent reached an answer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,193 +1,48 @@
 """
-evaluate.py -- datasets, methods, and the run that compares them at equal cost accounting.
+evaluate.py -- run methods on a dataset and compare them at equal cost accounting.
 
     python evaluate.py --dataset arith --methods cot,sc --limit 30          # minutes on 2 CPU cores
     python evaluate.py --dataset gsm8k --methods cot,sc,vote,principal,align --preset paper   # on a GPU
     torchrun --nproc-per-node 4 evaluate.py --dataset gsm8k --preset paper   # data-parallel, one GPU a rank
 
 Every method answers every problem through the same counters (llm.py): model calls, prompt and generated
-tokens, wall seconds. Methods built on the agents' MCTS (`mcts`, `vote`, `principal`, `align`) share one
-search per problem within a run, and each of them is charged the full cost of that search, so every row
-of the table says what that method would spend on its own.
+tokens, wall seconds. Work several methods use -- the agents' searches, the principal's order -- is done
+once per problem and charged in full to every method that uses it (`SharedWork`, the one charging rule),
+so every row of the table says what that method would spend on its own.
 
 Output: one JSONL record per (problem, method), appended and flushed as it goes; `--resume` skips what is
 done, so a run killed half-way loses nothing. At the end: accuracy with a 95% Wilson interval, and cost
-per question. Every random choice is seeded from (--seed, problem id, method), so a resumed run and an
+per question. Every random choice is seeded from (--seed, problem id, purpose), so a resumed run and an
 uninterrupted one give the same records.
 
-A forker adds a method by writing `def method_NAME(problem, ctx)` and adding it to METHODS.
+A forker adds a method with one function `method_NAME(problems, ctx) -> list of results` and one entry in
+METHODS; nothing else. A method sees each problem's id, question and kind -- never its gold answer.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
-import urllib.request
 
-from llm import EMBEDDED_ALIAS, ModelLoadError, add_costs, load_llm, option, parse_configs, print_config
-from mcts import Agent, SearchConfig, search
-from principal import rank_classes
+from tqdm import tqdm
+
+from align import GameConfig, candidates, delegate, pool_classes, principal_order
+from data import DataError, DATASETS, load_problems
+from llm import (PRESETS, ModelLoadError, add_costs, billing, derive_seed, load_llm, option, parse_configs,
+                 print_config, spent)
+from mcts import SearchConfig, make_agents
+from mlpo import LeaderConfig, lead
 from utility import Sample, extract_answer, is_correct, majority_answer
-
-# ---------------------------------------------------------------- datasets
-# Each loader returns problems: {"id", "question", "answer" (gold, a string), "kind" ("number" or "math")}.
-
-SOURCES = {  # name: (file under the data folder, public source it is downloaded from when absent)
-    "gsm8k": ("gsm8k/test.jsonl",
-              "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"),
-    "gsm8k_train": ("gsm8k/train.jsonl",
-                    "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl"),
-    "gsm_hard": ("gsm_hard/gsmhardv2.jsonl",
-                 "https://raw.githubusercontent.com/reasoning-machines/pal/main/datasets/gsmhardv2.jsonl"),
-    "math500": ("math500/test.jsonl",  # byte-identical to openai/prm800k's math_splits/test.jsonl
-                "https://raw.githubusercontent.com/ZubinGou/math-evaluation-harness/main/data/math_oai/test.jsonl"),
-    "math": ("math/test.jsonl",
-             "https://raw.githubusercontent.com/ZubinGou/math-evaluation-harness/main/data/math/test.jsonl"),
-}
-DATASETS = ["arith", "gsm8k", "gsm_hard", "math500", "math"]
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "align-delegation", "data")
-
-
-class DataError(ValueError):
-    """A dataset could not be had or read; the message says what to do."""
-
-
-def dataset_file(name: str, data_dir: str | None) -> str:
-    """The local path of a dataset file: from --data-dir / $ALIGN_DATA_DIR, else downloaded once to a cache."""
-    relative, url = SOURCES[name]
-    data_dir = data_dir or os.environ.get("ALIGN_DATA_DIR")
-    if data_dir:
-        path = os.path.join(data_dir, relative)
-        if not os.path.isfile(path):
-            raise DataError(f"dataset {name!r}: no file {path}. The data folder must hold {relative}.")
-        return path
-    path = os.path.join(DEFAULT_CACHE, relative)
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        print(f"downloading {name} from {url} to {path}", file=sys.stderr)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                data = response.read()
-        except Exception as error:
-            raise DataError(f"dataset {name!r}: could not download {url} ({type(error).__name__}: {error}).\n"
-                            f"  Offline? Pass --data-dir DIR (or set ALIGN_DATA_DIR) to a folder holding "
-                            f"{relative}.") from None
-        with open(path + ".part", "wb") as f:
-            f.write(data)
-        os.replace(path + ".part", path)  # never leave a half-written file where a whole one is expected
-    return path
-
-
-def read_jsonl(path: str, required: tuple) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}).") from None
-            missing = [k for k in required if k not in record]
-            if not isinstance(record, dict) or missing:
-                raise DataError(f"{path}, line {number}: missing field(s) {missing}; expected {list(required)}.")
-            records.append(record)
-    return records
-
-
-def load_problems(name: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[dict]:
-    """The problems of a dataset, in file order (arith: generated from `seed`), at most `limit` of them."""
-    if name == "arith":
-        return arith_problems(limit or 200, split="test", seed=seed)
-    if name not in SOURCES:
-        raise DataError(f"unknown dataset {name!r}; choose one of {DATASETS}.")
-    path = dataset_file(name, data_dir)
-    if name.startswith("gsm8k"):
-        rows = read_jsonl(path, ("question", "answer"))
-        problems = [{"id": f"{name}-{i}", "question": r["question"], "kind": "number",
-                     "answer": _gsm8k_gold(r["answer"], path, i)} for i, r in enumerate(rows)]
-    elif name == "gsm_hard":
-        rows = read_jsonl(path, ("input", "target"))
-        problems = [{"id": f"gsm_hard-{i}", "question": r["input"], "answer": str(r["target"]), "kind": "number"}
-                    for i, r in enumerate(rows)]
-    elif name == "math500":
-        rows = read_jsonl(path, ("problem", "answer"))
-        problems = [{"id": r.get("unique_id", f"math500-{i}"), "question": r["problem"], "answer": r["answer"],
-                     "kind": "math"} for i, r in enumerate(rows)]
-    else:  # the full MATH test set: the gold answer is the last \boxed{} of the solution
-        rows = read_jsonl(path, ("problem", "solution"))
-        problems = [{"id": f"math-{r.get('idx', i)}", "question": r["problem"], "kind": "math",
-                     "answer": extract_answer(r["solution"], "math")} for i, r in enumerate(rows)]
-    return problems[:limit] if limit else problems
-
-
-def _gsm8k_gold(answer: str, path: str, index: int) -> str:
-    if "####" not in answer:
-        raise DataError(f"{path}, record {index + 1}: the answer has no '#### N' line.")
-    return answer.split("####")[-1].strip().replace(",", "")
-
-
-# [ours] `arith`: one- and two-step arithmetic word problems generated from a seed, always available
-# offline. The embedded 135M model answers enough of them that differences between methods show on a CPU.
-_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kim", "Leo"]
-_ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cards", "shells", "coins"]
-
-
-def arith_problems(count: int, split: str = "test", seed: int = 0) -> list[dict]:
-    """`count` arithmetic word problems. The train split never repeats a question of the test split."""
-    rng = random.Random(f"arith-{split}-{seed}")
-    held_out = {p["question"] for p in arith_problems(1000, "test", seed)} if split == "train" else set()
-    problems = []
-    while len(problems) < count:
-        name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-        a, b, c = rng.randint(2, 20), rng.randint(2, 12), rng.randint(1, 9)
-        form = rng.randrange(5)
-        if form == 0:
-            q, gold = f"{name} has {a} {item}. {name} gets {b} more. How many {item} does {name} have now?", a + b
-        elif form == 1:
-            a += b
-            q, gold = f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?", a - b
-        elif form == 2:
-            q, gold = (f"{name} buys {b} boxes with {c} {item} in each box. "
-                       f"How many {item} does {name} buy?"), b * c
-        elif form == 3:
-            c = min(c, a + b - 1)                       # keep the answer positive
-            q, gold = (f"{name} has {a} {item}, finds {b} more and then loses {c}. "
-                       f"How many {item} does {name} have now?"), a + b - c
-        else:
-            q, gold = (f"{name} has {b} bags with {c} {item} in each bag and {a} loose {item}. "
-                       f"How many {item} does {name} have in all?"), b * c + a
-        if q in held_out:
-            continue
-        problems.append({"id": f"arith-{split}-{seed}-{len(problems)}", "question": q, "answer": str(gold),
-                         "kind": "number"})
-    return problems
-
-
-# ---------------------------------------------------------------- configuration
-
-PRESETS = {
-    # [ours] tiny: the paper's homogeneous-agent setting on the embedded model -- one backbone, three
-    # temperatures -- with the same model as principal and leader. Runs on a CPU.
-    "tiny": {"agents": [(EMBEDDED_ALIAS, 0.5), (EMBEDDED_ALIAS, 0.7), (EMBEDDED_ALIAS, 1.0)],
-             "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS},
-    # [paper] three heterogeneous agents and a Qwen2.5-7B principal (exact checkpoints and the agents'
-    # temperature are [ours]). Their bf16 weights take ~53 GB: one 80 GB GPU.
-    "paper": {"agents": [("mistralai/Ministral-8B-Instruct-2410", 0.7), ("HuggingFaceH4/zephyr-7b-beta", 0.7),
-                         ("microsoft/Phi-3-mini-4k-instruct", 0.7)],
-              "principal": "Qwen/Qwen2.5-7B-Instruct", "leader": "Qwen/Qwen2.5-7B-Instruct"},
-}
 
 
 @dataclasses.dataclass
 class EvalConfig:
     """python evaluate.py: run methods on a dataset and print the accuracy and cost table."""
-    dataset: str = option("gsm8k", f"one of {DATASETS}")
+    dataset: str = option("gsm8k", f"one of {sorted(DATASETS)}")
     methods: str = option("cot,sc", "comma-separated methods, run on the same problems")
     preset: str = option("tiny", "tiny (embedded model, CPU) or paper (the paper's models, GPU)")
     limit: int | None = option(None, "evaluate only the first N problems")
@@ -207,156 +62,231 @@ class EvalConfig:
     progress: bool = option(True, "show a progress bar")
 
 
-def derive_seed(*parts) -> int:
-    """A seed from any parts (e.g. run seed, problem id, method): stable across runs and resumes."""
-    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
+# ================================================================ what methods share, and how it is charged
+
+class SharedWork:
+    """Work that several methods use for the same problem, done once and charged in full to each user.
+
+    THE charging rule: a method's cost for a problem = what it asked of the models itself (billed to the
+    problem's account while it ran) + the full cost of every piece of shared work it used for that problem,
+    whether that work was computed during this method or an earlier one. So a method's charge never depends
+    on which methods ran before it.
+    """
+
+    def __init__(self):
+        self.results, self.costs = {}, {}
+        self.used = collections.defaultdict(set)    # problem id -> keys of the shared work used by this method
+        self.seconds_computing = 0.0                 # wall time spent computing shared work in this method
+
+    def get(self, problem_id: str, key: tuple, compute):
+        """The shared result `key` of a problem, computing it (under its own account) the first time."""
+        full_key = (problem_id, *key)
+        if full_key not in self.results:
+            start = time.perf_counter()
+            with billing(full_key):
+                self.results[full_key] = compute()
+            seconds = time.perf_counter() - start
+            self.costs[full_key] = {**spent(full_key, forget=True), "seconds": seconds}
+            self.seconds_computing += seconds
+        self.used[problem_id].add(full_key)
+        return self.results[full_key]
+
+    def start_method(self) -> None:
+        self.used.clear()
+        self.seconds_computing = 0.0
+
+    def charge(self, problem_id: str) -> dict:
+        """The full cost of the shared work the current method used for this problem."""
+        return add_costs(*[self.costs[key] for key in sorted(self.used[problem_id], key=str)])
+
+    def forget(self) -> None:
+        """Drop the results of finished problems (they are large: whole search trees)."""
+        self.results.clear()
+        self.costs.clear()
 
 
-# ---------------------------------------------------------------- methods
-# A method takes a problem and the run context and returns at least {"prediction": ..., "raw": ...}.
-# Only `question` and `kind` of the problem may reach a model: the gold answer is read by the grader alone.
-
-@dataclasses.dataclass
 class Context:
-    config: EvalConfig
-    agents: list
-    principal: object = None
-    leader: object = None
-    search_config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    extra_configs: dict = dataclasses.field(default_factory=dict)
-    shared_work: dict = dataclasses.field(default_factory=dict)  # this problem's searches and order
+    """What a method may use: the configuration, the agents, the principal, the leader, and the shared work.
+
+    Models load on first use (one copy per backbone), so a run loads only what its methods ask for.
+    """
+
+    def __init__(self, config: EvalConfig, search: SearchConfig | None = None, game: GameConfig | None = None,
+                 leader_config: LeaderConfig | None = None, agents: list | None = None, principal=None,
+                 leader=None, device: str | None = None):
+        self.config = config
+        self.search = search or SearchConfig()
+        self.game = game or GameConfig()
+        self.leader_config = leader_config or LeaderConfig()
+        self.device = device or config.device
+        self._agents, self._principal, self._leader = agents, principal, leader
+        self.role_model = None          # a NAME@MODEL row: MODEL plays the principal and the leader
+        self.roles_used = set()
+        self.shared = SharedWork()
 
     def seed(self, problem, *parts) -> int:
         return derive_seed(self.config.seed, problem["id"], *parts)
 
+    def _load(self, name: str):
+        return load_llm(name, self.device, self.config.dtype)
 
-def method_cot(problem, ctx):
+    @property
+    def agents(self) -> list:
+        if self._agents is None:
+            self._agents = make_agents(self.config.preset, self.config.model, self.device, self.config.dtype)
+        return self._agents
+
+    @property
+    def principal(self):
+        self.roles_used.add("principal")
+        if self.role_model:
+            return self._load(self.role_model)
+        if self._principal is None:
+            self._principal = self._load(self.config.principal_model or self.config.model
+                                         or PRESETS[self.config.preset]["principal"])
+        return self._principal
+
+    @property
+    def leader(self):
+        self.roles_used.add("leader")
+        if self.role_model:
+            return self._load(self.role_model)
+        if self._leader is None:
+            self._leader = self._load(self.config.leader or self.config.model or PRESETS[self.config.preset]["leader"])
+        return self._leader
+
+    def each(self, problems: list, solve_one) -> list:
+        """`solve_one(problem)` for each problem, its model use billed to that problem."""
+        results = []
+        for problem in problems:
+            with billing(problem["id"]):
+                results.append(solve_one(problem))
+        return results
+
+    # -------------------------------------------------------- the shared work: ALIGN steps 1 and 3
+    def searches(self, problems: list, agents: range | None = None) -> list:
+        """Each agent's MCTS on each problem (align.candidates), run once per problem and agent; `agents`
+        picks some of them (default: all). Returns searches[problem][agent]."""
+        agents = range(len(self.agents)) if agents is None else agents
+        return [[self.shared.get(p["id"], ("search", i), lambda p=p, i=i: candidates(
+            [self.agents[i]], p["question"], p["kind"], self.search, [self.seed(p, "search", i)])[0])
+                 for i in agents] for p in problems]
+
+    def pools(self, problems: list) -> list:
+        return [pool_classes(searches) for searches in self.searches(problems)]
+
+    def principal_orders(self, problems: list) -> list:
+        """The principal's order of each problem's pooled classes (align.principal_order), once per principal."""
+        pools, principal = self.pools(problems), self.principal
+        return [self.shared.get(p["id"], ("order", principal.name, self.game.principal_mode),
+                                lambda p=p, pool=pool: principal_order(principal, p["question"], pool,
+                                                                       self.game.principal_mode,
+                                                                       self.seed(p, "principal")))
+                for p, pool in zip(problems, pools)]
+
+
+# ================================================================ methods
+# Each takes a list of problems (id, question, kind) and the context, and returns one result per problem:
+# a dict with at least "prediction"; every other key goes into the record as it is.
+
+def method_cot(problems, ctx):
     """Few-shot chain of thought, greedy, the first agent's model."""
     agent = ctx.agents[0]
-    text = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), 1, temperature=0.0,
-                            max_new_tokens=ctx.config.max_new_tokens)[0]
-    return {"prediction": extract_answer(text, problem["kind"]), "raw": [text]}
+
+    def one(problem):
+        text = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), 1, temperature=0.0,
+                                max_new_tokens=ctx.config.max_new_tokens)[0]
+        return {"prediction": extract_answer(text, problem["kind"]), "raw": [text]}
+    return ctx.each(problems, one)
 
 
-def method_sc(problem, ctx):
+def method_sc(problems, ctx):
     """Self-consistency: k sampled chains of the first agent's model, majority vote."""
-    agent, k = ctx.agents[0], ctx.config.sc_samples
-    texts = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), k,
-                             temperature=ctx.config.sc_temperature, max_new_tokens=ctx.config.max_new_tokens,
-                             seed=ctx.seed(problem, "sc"))
-    samples = [Sample(extract_answer(t, problem["kind"]), t) for t in texts]
-    return {"prediction": majority_answer(samples), "raw": texts,
-            "answers": [s.answer for s in samples]}
+    agent = ctx.agents[0]
+
+    def one(problem):
+        texts = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), ctx.config.sc_samples,
+                                 temperature=ctx.config.sc_temperature, max_new_tokens=ctx.config.max_new_tokens,
+                                 seed=ctx.seed(problem, "sc"))
+        samples = [Sample(extract_answer(t, problem["kind"]), t) for t in texts]
+        return {"prediction": majority_answer(samples), "raw": texts, "answers": [s.answer for s in samples]}
+    return ctx.each(problems, one)
 
 
-def agent_searches(problem, ctx):
-    """Every agent's MCTS on this problem, run once and shared by the methods that need it."""
-    if problem["id"] not in ctx.shared_work:
-        ctx.shared_work.clear()
-        results = [search(agent, problem["question"], problem["kind"], ctx.search_config,
-                          seed=ctx.seed(problem, "search", i)) for i, agent in enumerate(ctx.agents)]
-        for i, result in enumerate(results):
-            for sample in result.samples:
-                sample.agent = i
-        ctx.shared_work[problem["id"]] = results
-    return ctx.shared_work[problem["id"]]
-
-
-def describe_search(result) -> dict:
-    """The JSONL view of one agent's search: its answer classes with utilities, and what it spent."""
-    return {"agent": result.agent, "solutions": len(result.samples), "cost": result.cost,
-            "classes": [{"answer": c.answer, "utility": round(c.utility, 4), "count": len(c.samples)}
-                        for c in result.classes]}
-
-
-def search_charge(results, *more_costs) -> dict:
-    """The shared work (searches, the principal's order) a method used: charged to it in full by `run`."""
-    return {"shared_cost": add_costs(*[r.cost for r in results], *more_costs)}
-
-
-def method_mcts(problem, ctx):
+def method_mcts(problems, ctx):
     """One agent's MCTS (the first agent), majority over its solutions: rStar-like, no discriminator."""
-    result = agent_searches(problem, ctx)[0]
-    return {"prediction": majority_answer(result.samples), "raw": [s.trace for s in result.samples],
-            "agents": [describe_search(result)], **search_charge([result])}
+    return [{"prediction": majority_answer(first.samples), "raw": [s.trace for s in first.samples],
+             "agents": [first.describe()]} for (first,) in ctx.searches(problems, agents=range(1))]
 
 
-def method_vote(problem, ctx):
+def method_vote(problems, ctx):
     """All agents' MCTS solutions pooled, majority vote."""
-    results = agent_searches(problem, ctx)
-    pooled = [s for r in results for s in r.samples]
-    return {"prediction": majority_answer(pooled), "raw": [s.trace for s in pooled],
-            "agents": [describe_search(r) for r in results], **search_charge(results)}
+    results = []
+    for searches in ctx.searches(problems):
+        pooled = [s for r in searches for s in r.samples]
+        results.append({"prediction": majority_answer(pooled), "raw": [s.trace for s in pooled],
+                        "agents": [r.describe() for r in searches]})
+    return results
 
 
-def principal_order(problem, ctx):
-    """The principal's order of the pooled classes, computed once per problem; returns (order, its cost)."""
-    from align import GameConfig, pool_classes  # align.py imports this file for its command line
-
-    key = ("order", problem["id"], id(ctx.principal))
-    if key not in ctx.shared_work:
-        answers, representatives, _ = pool_classes(agent_searches(problem, ctx))
-        game = ctx.extra_configs.get("GameConfig", GameConfig())
-        before, start = ctx.principal.counters.snapshot(), time.perf_counter()
-        order = rank_classes(ctx.principal, problem["question"], answers, [r.trace for r in representatives],
-                             game.principal_mode, seed=ctx.seed(problem, "principal")) if answers else None
-        cost = {**ctx.principal.counters.since(before), "seconds": time.perf_counter() - start}
-        ctx.shared_work[key] = (order, cost)
-    return ctx.shared_work[key]
+def method_principal(problems, ctx):
+    """The principal's top class among all agents' pooled candidates."""
+    results = []
+    for searches, pool, order in zip(ctx.searches(problems), ctx.pools(problems), ctx.principal_orders(problems)):
+        results.append({"prediction": pool.answers[order.order[0]] if order else None,
+                        "raw": [order.reply] if order and order.reply else [],
+                        "pool": [{"answer": a, "score": round(x, 4)} for a, x in zip(pool.answers, order.scores)]
+                        if order else [],
+                        "principal_parse_failed": bool(order and order.parse_failed),
+                        "agents": [r.describe() for r in searches]})
+    return results
 
 
-def method_principal(problem, ctx):
-    """The principal's top class among all agents' pooled candidates (Theorem 1's equal-access comparison)."""
-    from align import pool_classes
-
-    results = agent_searches(problem, ctx)
-    answers, _, _ = pool_classes(results)
-    order, order_cost = principal_order(problem, ctx)
-    charge = search_charge(results, order_cost)
-    return {"prediction": answers[order.order[0]] if order else None,
-            "raw": [order.reply] if order and order.reply else [],
-            "pool": [{"answer": a, "score": round(x, 4)} for a, x in zip(answers, order.scores)] if order else [],
-            "principal_parse_failed": bool(order and order.parse_failed),
-            "agents": [describe_search(r) for r in results], **charge}
+def method_align(problems, ctx):
+    """ALIGN: the delegation game over the agents' candidates and the principal's order (align.py)."""
+    results = []
+    for problem, searches, pool, order in zip(problems, ctx.searches(problems), ctx.pools(problems),
+                                              ctx.principal_orders(problems)):
+        game = delegate(pool, order, ctx.game, ctx.seed(problem, "align"))
+        if game["diagnostics"] is None:
+            game.pop("diagnostics")           # no game was played: no diagnostics to average
+        results.append({**game, "raw": [], "agents": [r.describe() for r in searches]})
+    return results
 
 
-def method_align(problem, ctx):
-    """ALIGN: the delegation game over the agents' candidates (align.py)."""
-    from align import GameConfig, delegate, pool_classes
-
-    results = agent_searches(problem, ctx)
-    answers, _, players = pool_classes(results)
-    order, order_cost = principal_order(problem, ctx)
-    game = (delegate(answers, players, order, ctx.extra_configs.get("GameConfig", GameConfig()),
-                     ctx.seed(problem, "align")) if order else {"prediction": None, "diagnostics": None,
-                                                                   "abstained": [p.name for p in players]})
-    if game.get("diagnostics") is None:
-        game.pop("diagnostics", None)   # no game was played: no diagnostics to average
-    return {**game, "raw": [], "agents": [describe_search(r) for r in results], **search_charge(results, order_cost)}
-
-
-def method_leader(problem, ctx, team=True):
+def method_leader(problems, ctx, team=True):
     """MLPO inference: the team answers, the leader aggregates, for T rounds (mlpo.py)."""
-    from mlpo import LeaderConfig, lead
-
-    return lead(problem["question"], problem["kind"], ctx.agents, ctx.leader,
-                ctx.extra_configs.get("LeaderConfig", LeaderConfig()), ctx.seed(problem, "leader"), team=team)
+    return ctx.each(problems, lambda p: lead(p["question"], p["kind"], ctx.agents, ctx.leader, ctx.leader_config,
+                                             ctx.seed(p, "leader"), team=team))
 
 
-def method_leader_solo(problem, ctx):
+def method_leader_solo(problems, ctx):
     """The leader alone, with no team (does MLPO training help the leader by itself?)."""
-    return method_leader(problem, ctx, team=False)
+    return method_leader(problems, ctx, team=False)
 
 
 METHODS = {"cot": method_cot, "sc": method_sc, "mcts": method_mcts, "vote": method_vote,
            "principal": method_principal, "align": method_align,
            "leader": method_leader, "leader-solo": method_leader_solo}
-# A method named NAME@MODEL runs NAME with MODEL as its leader (leader methods) or its principal (principal,
-# align): e.g. `--methods leader,leader@checkpoints/leader` puts an untrained and a trained leader side by side.
-SWAPPABLE_ROLE = {"leader": "leader", "leader-solo": "leader", "principal": "principal", "align": "principal"}
+# A method named NAME@MODEL runs NAME with MODEL as its principal and its leader: e.g.
+# `--methods leader,leader@checkpoints/leader` puts an untrained and a trained leader side by side.
 
 
-# ---------------------------------------------------------------- the run
+def parse_methods(text: str) -> list[str]:
+    """The --methods list, parsed once: spaces are fine; a duplicate or unknown name is an error."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m.partition("@")[0] not in METHODS or m.endswith("@")]
+    if unknown:
+        raise DataError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)} (and NAME@MODEL).")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise DataError(f"method(s) {duplicates} listed twice in --methods; list each once.")
+    if not methods:
+        raise DataError(f"--methods is empty; pass some of: {', '.join(METHODS)}.")
+    return methods
+
+
+# ================================================================ the run
 # TRY NOT TO MODIFY: records, resume, the table, data parallelism.
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple:
@@ -422,36 +352,44 @@ def summarize(records: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build_context(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | None = None,
-                  device: str | None = None) -> Context:
-    """Load the preset's models (each backbone once) and make the agents, principal and leader."""
-    if config.preset not in PRESETS:
-        raise DataError(f"unknown preset {config.preset!r}; choose one of {list(PRESETS)}.")
-    preset = PRESETS[config.preset]
-    load = lambda name: load_llm(name, device or config.device, config.dtype)  # noqa: E731
-    agents = [Agent(f"agent-{i}:{config.model or name}@T={temperature}", load(config.model or name), temperature)
-              for i, (name, temperature) in enumerate(preset["agents"])]
-    context = Context(config, agents, search_config=search_config, extra_configs=extra_configs or {})
-    methods = config.methods.split(",")
-    bases = {m.partition("@")[0] for m in methods}
-    if {"principal", "align"} & bases:
-        context.principal = load(config.principal_model or config.model or preset["principal"])
-    if {"leader", "leader-solo"} & bases:
-        context.leader = load(config.leader or config.model or preset["leader"])
-    return context
+def run_methods(problems: list, methods: list, ctx: Context, write) -> None:
+    """Run every method on a batch of problems and write one record per (problem, method), charged by the rule
+    of `SharedWork`. `write(problem, method, record)` stores a record."""
+    public = [{k: p[k] for k in ("id", "question", "kind")} for p in problems]   # no gold answer in here
+    for method in methods:
+        base, _, role_model = method.partition("@")
+        ctx.role_model, ctx.roles_used = role_model or None, set()
+        ctx.shared.start_method()
+        before = [spent(p["id"]) for p in public]
+        start = time.perf_counter()
+        results = METHODS[base](public, ctx)
+        own_seconds = (time.perf_counter() - start - ctx.shared.seconds_computing) / len(problems)
+        if role_model and not ctx.roles_used:
+            raise DataError(f"{method}: {base} uses neither a principal nor a leader, so @MODEL would change "
+                            f"nothing; @MODEL goes with principal, align, leader or leader-solo.")
+        for problem, result, earlier in zip(problems, results, before):
+            own = {k: v - earlier[k] for k, v in spent(problem["id"]).items()}
+            cost = add_costs(own, ctx.shared.charge(problem["id"]))
+            cost["seconds"] = own_seconds + ctx.shared.charge(problem["id"])["seconds"]
+            record = {"problem_id": problem["id"], "dataset": problem.get("dataset"), "method": method,
+                      "question": problem["question"], "prediction": result.pop("prediction"),
+                      "gold": problem["answer"]}
+            record["correct"] = is_correct(record["prediction"], problem["answer"])   # the grader reads the gold
+            record.update({k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()})
+            record.update(result)
+            write(problem, method, record)
+    ctx.role_model = None
+    ctx.shared.forget()
 
 
-def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | None = None) -> list[dict]:
+def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig | None = None,
+        leader_config: LeaderConfig | None = None) -> list[dict]:
     """Evaluate, writing records as it goes; returns all records of the requested methods."""
-    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m.partition("@")[0] not in METHODS]
-    if unknown:
-        raise DataError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}.")
-    unswappable = [m for m in methods if "@" in m and m.partition("@")[0] not in SWAPPABLE_ROLE]
-    if unswappable:
-        raise DataError(f"{unswappable}: only {sorted(SWAPPABLE_ROLE)} take @MODEL (a leader or a principal).")
+    methods = parse_methods(config.methods)
     if config.dataset not in DATASETS:
-        raise DataError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}.")
+        raise DataError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
+    if config.preset not in PRESETS:
+        raise DataError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     output = config.output or os.path.join("runs", f"{config.dataset}-{config.preset}-seed{config.seed}.jsonl")
     rank_files = [f"{output}.rank{r}" for r in range(world)] if world > 1 else []
@@ -472,50 +410,29 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
                 os.remove(path)
     if world > 1:
         dist.barrier()
-    problems = load_problems(config.dataset, config.data_dir, config.limit, config.seed)
+    problems = [{**p, "dataset": config.dataset}
+                for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed)]
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
     todo = [(p, m) for p in mine for m in methods if (p["id"], m) not in done]
     if rank == 0:
         print(f"{config.dataset}: {len(problems)} problems x {len(methods)} methods; "
               f"{len(done & {(p['id'], m) for p in problems for m in methods})} already done; writing {output}")
-    ctx = build_context(config, search_config, extra_configs, device)
-    swapped = {m: load_llm(m.partition("@")[2], device, config.dtype) for m in methods if "@" in m}
-    llms = list({id(m): m for m in [a.llm for a in ctx.agents] + [ctx.principal, ctx.leader, *swapped.values()]
-                 if m}.values())
-    default_roles = {"leader": ctx.leader, "principal": ctx.principal}
+    ctx = Context(config, search, game, leader_config, device=device)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    from tqdm import tqdm
     my_file = rank_files[rank] if world > 1 else output
     drop_partial_last_line(my_file)
-    with open(my_file, "a", encoding="utf-8") as out:
-        for problem, method in tqdm(todo, disable=not config.progress or rank != 0, desc="evaluating",
-                                    dynamic_ncols=True):
-            # work shared by several methods (the agents' searches, the principal's order) is done before the
-            # clock starts; each method that uses it is charged its full cost (search_charge)
-            base = method.partition("@")[0]
-            if base in SWAPPABLE_ROLE:  # this row's leader or principal
-                role = SWAPPABLE_ROLE[base]
-                setattr(ctx, role, swapped.get(method, default_roles[role]))
-            if base in ("mcts", "vote", "principal", "align"):
-                agent_searches(problem, ctx)
-            if base in ("principal", "align"):
-                principal_order(problem, ctx)
-            before = [llm.counters.snapshot() for llm in llms]
-            start = time.perf_counter()
-            result = METHODS[base](problem, ctx)
-            shared = result.pop("shared_cost", {})
-            spent = add_costs(*[llm.counters.since(b) for llm, b in zip(llms, before)],
-                              {k: v for k, v in shared.items() if k != "seconds"})
-            spent["seconds"] = time.perf_counter() - start + shared.get("seconds", 0.0)
-            record = {"problem_id": problem["id"], "dataset": config.dataset, "method": method,
-                      "question": problem["question"], "prediction": result.pop("prediction"),
-                      "gold": problem["answer"]}
-            record["correct"] = is_correct(record["prediction"], problem["answer"])
-            record.update({k: round(v, 3) if isinstance(v, float) else v for k, v in spent.items()})
-            record.update(result)
+    with open(my_file, "a", encoding="utf-8") as out, \
+            tqdm(total=len(todo), disable=not config.progress or rank != 0, desc="evaluating",
+                 dynamic_ncols=True) as bar:
+        def write(problem, method, record):
             out.write(json.dumps(record) + "\n")
             out.flush()
+            bar.update(1)
+        for problem in mine:
+            remaining = [m for m in methods if (problem["id"], m) not in done]
+            if remaining:
+                run_methods([problem], remaining, ctx, write)
     if world > 1:
         dist.barrier()
         if rank == 0:  # merge the ranks' records into the one output file
@@ -535,21 +452,16 @@ def run(config: EvalConfig, search_config: SearchConfig, extra_configs: dict | N
 
 
 def main(argv=None):
-    from align import GameConfig
-    from mlpo import LeaderConfig
-
-    config_classes = [EvalConfig, SearchConfig, GameConfig, LeaderConfig]
-    configs = parse_configs(__doc__.split("\n\n")[0], *config_classes, argv=argv)
-    config, search_config = configs[0], configs[1]
-    extra = {type(c).__name__: c for c in configs[2:]}
+    config, search, game, leader_config = parse_configs(__doc__.split("\n\n")[0], EvalConfig, SearchConfig,
+                                                        GameConfig, LeaderConfig, argv=argv)
     if int(os.environ.get("RANK", 0)) == 0:
-        print_config(*configs)
+        print_config(config, search, game, leader_config)
     try:
-        records = run(config, search_config, extra)
+        records = run(config, search, game, leader_config)
     except (DataError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}")
     if int(os.environ.get("RANK", 0)) == 0:
-        print(summarize(records, [m.strip() for m in config.methods.split(",") if m.strip()]))
+        print(summarize(records, parse_methods(config.methods)))
         if sys.platform != "win32":
             import resource  # peak resident memory of this process (Linux reports kilobytes)
             print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")

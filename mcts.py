@@ -30,7 +30,7 @@ import dataclasses
 import math
 import time
 
-from llm import EMBEDDED_ALIAS, load_llm, option, parse_configs, print_config
+from llm import EMBEDDED_ALIAS, PRESETS, load_llm, option, parse_configs, print_config
 from utility import Sample, explicit_answer, extract_answer, group_into_classes, same_answer
 
 # ---------------------------------------------------------------- agents and their prompts
@@ -71,6 +71,13 @@ class Agent:
         examples = (MATH_EXAMPLES if kind == "math" else NUMBER_EXAMPLES) if self.few_shot else []
         return self.llm.chat(f"{INSTRUCTIONS[kind]}\n\n{question}",
                              examples=[(f"{INSTRUCTIONS[kind]}\n\n{q}", a) for q, a in examples])
+
+
+def make_agents(preset: str = "tiny", model: str | None = None, device: str | None = None,
+                dtype: str | None = None) -> list:
+    """The preset's agents (llm.PRESETS), each backbone loaded once; `model` puts one backbone in every agent."""
+    return [Agent(f"agent-{i}:{model or name}@T={temperature}", load_llm(model or name, device, dtype), temperature)
+            for i, (name, temperature) in enumerate(PRESETS[preset]["agents"])]
 
 
 # ---------------------------------------------------------------- the search
@@ -149,6 +156,12 @@ class SearchResult:
     root: Node
     cost: dict                       # calls, prompt_tokens, generated_tokens, seconds of this search
     model_calls: int = 0             # batched model invocations (each serves many sequences)
+
+    def describe(self) -> dict:
+        """The JSONL view of this search: its answer classes with utilities, and what it spent."""
+        return {"agent": self.agent, "solutions": len(self.samples), "cost": self.cost,
+                "classes": [{"answer": c.answer, "utility": round(c.utility, 4), "count": len(c.samples)}
+                            for c in self.classes]}
 
 
 def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,

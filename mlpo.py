@@ -32,8 +32,11 @@ import re
 import sys
 
 import torch
+from tqdm import tqdm
 
-from llm import load_llm, option, parse_configs, print_config
+from data import DataError, load_problems
+from llm import PRESETS, ModelLoadError, load_llm, option, parse_configs, print_config
+from mcts import make_agents
 from utility import extract_answer, is_correct
 
 # ---------------------------------------------------------------- prompts and answers
@@ -151,7 +154,6 @@ class TrainConfig:
 
 def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max_new_tokens: int, seed: int):
     """The offline pool: `responses_per_agent` sampled responses of every agent to every question, made once."""
-    from tqdm import tqdm
     pool = []
     for n, problem in enumerate(tqdm(problems, desc="offline pool", dynamic_ncols=True)):
         responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"]), responses_per_agent,
@@ -211,22 +213,17 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def train(config: TrainConfig) -> dict:
     """Build the pool, filter it, and run `steps` group-relative policy-gradient steps on the leader."""
-    from tqdm import tqdm
-
-    # imported here: evaluate.py imports this file for its leader methods
-    from evaluate import PRESETS, EvalConfig, arith_problems, build_context, load_problems
-    from mcts import SearchConfig
-
     if config.dataset not in ("arith", "gsm8k"):
         raise SystemExit(f"error: train on arith or gsm8k (their training splits), not {config.dataset!r}")
-    problems = (arith_problems(config.questions, split="train", seed=config.seed) if config.dataset == "arith"
-                else load_problems("gsm8k_train", config.data_dir, config.questions))   # never a test split
-    ctx = build_context(EvalConfig(preset=config.preset, model=config.model, device=config.device, methods="cot"),
-                        SearchConfig())
+    if config.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
+    problems = load_problems(config.dataset, config.data_dir, config.questions, config.seed,
+                             split="train")                                      # never a test split
+    agents = make_agents(config.preset, config.model, config.device)
     # the leader is a private copy: training must not change the team's shared backbone
     leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
     reference = load_llm(leader.name, config.device, fresh=True) if config.kl_coef > 0 else None
-    pool = build_pool(ctx.agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
+    pool = build_pool(agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
     os.makedirs(config.output, exist_ok=True)
     with open(os.path.join(config.output, "pool.jsonl"), "w") as f:   # what the leader was trained on
         f.writelines(json.dumps(entry) + "\n" for entry in pool)
@@ -304,8 +301,6 @@ if __name__ == "__main__":
         (train_config,) = parse_configs("python mlpo.py train: " + TrainConfig.__doc__, TrainConfig,
                                         argv=sys.argv[2:])
         print_config(train_config)
-        from evaluate import DataError
-        from llm import ModelLoadError
         try:
             train(train_config)
         except (DataError, ModelLoadError) as error:

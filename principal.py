@@ -1,9 +1,8 @@
 """
 principal.py -- the principal: it orders the pooled answer classes, gives rank feedback, picks the answer.
 
-ALIGN (arXiv 2602.00127): steps 3, 4 and 7 of the loop in README.md:
-    # [paper] Ranking feedback from the principal: +1 for the top-ranked submission, -1 for the bottom one.
-    # [paper] The principal selects the final answer.
+ALIGN (arXiv 2602.00127): steps 3 and 7 of the loop in align.py (`solve`):
+    # [paper] The principal ranks the agents' submissions and selects the final answer.
     # [ours]  The principal orders the pooled classes once per question. Default `score`: a verification
     #         score per class -- the principal's probability of "Yes" to "Is this solution correct?" given
     #         the question and the class's representative trace, read from log-probabilities (no sampling)
@@ -11,7 +10,7 @@ ALIGN (arXiv 2602.00127): steps 3, 4 and 7 of the loop in README.md:
     #         falling back to the score order when the reply cannot be parsed.
     # [ours]  Optional noise: each round's ranking is drawn from a Plackett-Luce model over the scores
     #         with temperature tau (tau = 0: the deterministic order).
-    # [ours]  Rank k of m distinct submissions gets r = 1 - 2(k-1)/(m-1); m = 1 gets r = +1.
+How a rank turns into the agents' feedback r is part of the delegation rule, in align.py.
 
 The principal sees the question and candidate solutions, never the gold answer.
 
@@ -99,19 +98,6 @@ def plackett_luce_order(order: PrincipalOrder, tau: float, rng: np.random.Genera
         [1 - position[k] / max(m - 1, 1) for k in range(m)])
     keys = base / tau + rng.gumbel(size=m)
     return [int(k) for k in np.argsort(-keys, kind="stable")]
-
-
-def rank_feedback(submitted: list, ranking: list) -> dict:
-    """r for each distinct submitted class: +1 for the top, -1 for the bottom, linear between.
-
-    `submitted` holds pool indices (agents that submitted the same class share its rank); `ranking` is
-    the principal's order of all pool indices, best first.
-    """
-    position = {index: k for k, index in enumerate(ranking)}
-    distinct = sorted(set(submitted), key=lambda a: position[a])
-    m = len(distinct)
-    # [paper] +1 top, -1 bottom.  [ours] linear in between; a lone submission gets +1.
-    return {a: 1.0 if m == 1 else 1.0 - 2.0 * k / (m - 1) for k, a in enumerate(distinct)}
 
 
 def select_final(submitted: list, ranking: list):

@@ -3,7 +3,8 @@ test_align.py -- the project's tests. Run:  python -m pytest -q test_align.py
 
 What is checked against what:
   - the grader against a table of known traps (GSM-Hard floats, commas, dollars, LaTeX, missing answers);
-  - the data loaders on ../shared/data (or $ALIGN_DATA_DIR) and on malformed files;
+  - the data loaders on the data folder ($ALIGN_DATA_DIR, else a folder `shared/data` beside the repository)
+    and on malformed files;
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
     through llm.py: cached-prefix sampling equals plain sampling under greedy decoding;
   - MCTS against hand computations on a fake model with scripted steps;
@@ -26,13 +27,20 @@ import pytest
 import torch
 
 import llm
-from evaluate import DataError, arith_problems, load_problems, read_records, wilson_interval
+from align import (GameConfig, Player, Pool, counterfactual_utilities, delegate, expected_utilities, nash_gap,
+                   rank_feedback, simulate)
+from data import DataError, arith, load_problems
+from evaluate import METHODS, Context, EvalConfig, read_records, wilson_interval
+from hedge import Hedge, hedge_regret_bound
+from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
+from mlpo import completion_logprobs, drop_easy_questions, group_advantages, leader_answer, leader_reward, mlpo_loss
+from principal import PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
 from utility import (Sample, extract_answer, group_into_classes, is_correct, majority_answer, same_answer,
                      self_consistency_utility)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED_DATA = os.environ.get("ALIGN_DATA_DIR") or os.path.join(HERE, "..", "shared", "data")
-needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="no ../shared/data here")
+needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="no data folder here (set ALIGN_DATA_DIR)")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -153,7 +161,8 @@ def test_loaders_on_shared_data():
     math500 = load_problems("math500", SHARED_DATA, limit=500)
     assert len(math500) == 500 and math500[0]["kind"] == "math"
     assert math500[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
-    assert len(load_problems("gsm8k_train", SHARED_DATA, limit=7)) == 7
+    train = load_problems("gsm8k", SHARED_DATA, limit=7, split="train")
+    assert len(train) == 7 and train[0]["id"] == "gsm8k_train-0" and train[0]["answer"] == "72"
 
 
 def test_loader_errors_name_the_file_and_line(tmp_path):
@@ -172,11 +181,11 @@ def test_loader_errors_name_the_file_and_line(tmp_path):
 
 
 def test_arith_is_seeded_and_train_never_repeats_test():
-    first, again = arith_problems(50, "test", seed=3), arith_problems(50, "test", seed=3)
-    assert first == again
+    first, again = arith(split="test", seed=3, count=50), arith(split="test", seed=3, count=50)
+    assert first == again and first == load_problems("arith", seed=3, limit=50)
     assert all(p["answer"].isdigit() and int(p["answer"]) > 0 for p in first)  # whole, positive answers
-    test_questions = {p["question"] for p in arith_problems(1000, "test", seed=0)}
-    assert not test_questions & {p["question"] for p in arith_problems(300, "train", seed=0)}
+    test_questions = {p["question"] for p in arith(split="test", seed=0, count=1000)}
+    assert not test_questions & {p["question"] for p in load_problems("arith", split="train")}
     assert len({p["id"] for p in first}) == 50
 
 
@@ -287,6 +296,80 @@ def test_evaluate_refuses_to_clobber_and_explains_bad_input(tiny_model_dir, tmp_
     assert bad.returncode != 0 and "gsm8k/test.jsonl" in bad.stderr and "Traceback" not in bad.stderr
 
 
+# ---------------------------------------------------------------- the shape of the code (issue: ALIGN in align.py)
+
+LAYERS = [{"evaluate"}, {"align", "mlpo"}, {"mcts", "principal", "hedge"}, {"llm", "utility", "data"}]
+
+
+def test_imports_flow_one_way_and_none_inside_functions():
+    """evaluate -> align, mlpo -> mcts, principal, hedge -> llm, utility, data; nothing imports evaluate."""
+    import ast
+    layer_of = {module: depth for depth, modules in enumerate(LAYERS) for module in modules}
+    for module in layer_of:
+        tree = ast.parse(open(os.path.join(HERE, f"{module}.py")).read())
+        top_level = set(tree.body)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for imported in [n.split(".")[0] for n in names if n and n.split(".")[0] in layer_of]:
+                assert node in top_level, f"{module}.py imports {imported} inside a function"
+                assert imported != "evaluate", f"{module}.py imports evaluate"
+                downwards = layer_of[imported] > layer_of[module]
+                reads_gold_with_the_grader = (module, imported) == ("data", "utility")   # MATH's \boxed{} gold
+                assert downwards or reads_gold_with_the_grader, f"{module}.py imports {imported}: not downwards"
+
+
+def test_align_cli_runs_without_evaluate(tiny_model_dir):
+    script = ("import runpy, sys\n"
+              f"sys.argv = ['align.py', '--question', 'Tom has 3 apples and buys 5 more. How many?', '--model', "
+              f"{tiny_model_dir!r}, '--rollouts', '3', '--step-tokens', '4', '--completion-tokens', '6', "
+              "'--device', 'cpu']\n"
+              "runpy.run_path('align.py', run_name='__main__')\n"
+              "print('evaluate imported' if 'evaluate' in sys.modules else 'evaluate never imported')\n")
+    out = run_cli("-c", script)
+    assert "principal's order" in out or "no agent reached an answer" in out
+    assert out.strip().endswith("evaluate never imported")
+
+
+def test_methods_list_is_parsed_once_and_checked():
+    from evaluate import parse_methods
+    assert parse_methods(" cot, align ,") == ["cot", "align"]
+    with pytest.raises(DataError, match=r"listed twice"):
+        parse_methods("cot,cot")
+    with pytest.raises(DataError, match=r"unknown method\(s\) \['nope'\]; known: cot, sc"):
+        parse_methods("cot, nope")
+
+
+def test_a_new_method_is_one_function_and_is_charged_like_vote(tiny_model_dir, monkeypatch):
+    """A forker's copy of `vote`, registered with one METHODS entry, costs what vote costs, in either order."""
+    from evaluate import run_methods
+
+    def method_myvote(problems, ctx):
+        return [{"prediction": majority_answer([s for r in searches for s in r.samples])}
+                for searches in ctx.searches(problems)]
+    monkeypatch.setitem(METHODS, "myvote", method_myvote)
+    problems = [{**p, "dataset": "arith"} for p in load_problems("arith", limit=1)]
+    charges = {}
+    for order in (["myvote", "vote"], ["vote", "myvote"]):
+        ctx = Context(EvalConfig(model=tiny_model_dir, device="cpu"),
+                      SearchConfig(rollouts=3, step_tokens=4, completion_tokens=6))
+        records = {}
+        run_methods(problems, order, ctx, lambda problem, method, record: records.__setitem__(method, record))
+        for method, record in records.items():
+            charges[(tuple(order), method)] = (record["calls"], record["prompt_tokens"], record["generated_tokens"])
+    assert len(set(charges.values())) == 1, charges          # the same charge, whoever ran first
+    assert next(iter(charges.values()))[0] > 0
+
+
+def test_methods_with_spaces_run_and_print_both_rows(tiny_model_dir, tmp_path):
+    out = run_cli("evaluate.py", "--dataset", "arith", "--methods", "cot, align", "--limit", "1", "--model",
+                  tiny_model_dir, "--rollouts", "3", "--step-tokens", "4", "--completion-tokens", "6",
+                  "--max-new-tokens", "6", "--output", str(tmp_path / "r.jsonl"), "--no-progress")
+    table = out.split("accuracy")[1]
+    assert "\ncot " in table and "\nalign " in table
+
+
 def test_torchrun_data_parallel_merges_ranks(tiny_model_dir, tmp_path):
     output = tmp_path / "ddp.jsonl"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -323,7 +406,7 @@ class FakeLLM:
         self.steps, self.completions = steps or {}, completions or {}
         self.default_step, self.default_completion = default_step, default_completion
         self.yes_logprob = yes_logprob or (lambda prompt: -1.0)
-        self.reply, self.prompts, self.counters = reply, [], llm.Counters()
+        self.reply, self.prompts, self.counters, self.name = reply, [], llm.Counters(), "fake"
 
     def chat(self, user, system=None, assistant_prefix="", examples=()):
         return "".join(f"Q:{q}\nA:{a}\n" for q, a in examples) + f"Q:{user}\nA:" + assistant_prefix
@@ -346,7 +429,6 @@ class FakeLLM:
 
 
 def test_uct_on_a_hand_built_tree():
-    from mcts import Node, select, uct_score
     root = Node(steps=[], visits=10, expanded=True)
     a = Node(steps=["a"], parent=root, visits=6, value_sum=4.2)   # Q = 0.7
     b = Node(steps=["b"], parent=root, visits=3, value_sum=1.5)   # Q = 0.5
@@ -364,7 +446,6 @@ def test_uct_on_a_hand_built_tree():
 
 
 def test_mcts_visits_and_rewards_equal_a_hand_computation():
-    from mcts import Agent, SearchConfig, search
     fake = FakeLLM(steps={"": ["A", "B"], "A\n": ["A1 The answer is 1.", "A2"]},
                    completions={"A\n": "The answer is 1.", "B\n": "The answer is 2.", "A\nA2\n": "The answer is 2."})
     config = SearchConfig(rollouts=4, children=2, parallel=1, exploration=1.0)
@@ -384,7 +465,6 @@ def test_mcts_visits_and_rewards_equal_a_hand_computation():
 
 
 def test_mcts_depth_limit_holds():
-    from mcts import Agent, SearchConfig, search
 
     class Steps(FakeLLM):
         def generate(self, prefix, suffixes=("",), num_samples=1, stop=None, **kw):
@@ -401,23 +481,20 @@ def test_mcts_depth_limit_holds():
 
 
 def test_the_gold_answer_never_reaches_a_model():
-    from evaluate import METHODS, Context, EvalConfig
-    from mcts import Agent, SearchConfig
     agents_llm = FakeLLM(default_step="Add them.", default_completion="So the total is 12. The answer is 12.")
     principal = FakeLLM()
     leader = FakeLLM(default_completion="The team agrees.</think><answer>12")
-    ctx = Context(EvalConfig(sc_samples=2), [Agent(f"a{i}", agents_llm, 0.7) for i in range(3)],
-                  principal=principal, leader=leader, search_config=SearchConfig(rollouts=4, children=2))
+    ctx = Context(EvalConfig(sc_samples=2), SearchConfig(rollouts=4, children=2),
+                  agents=[Agent(f"a{i}", agents_llm, 0.7) for i in range(3)], principal=principal, leader=leader)
     problem = {"id": "p", "question": "Ava has 5 apples and buys 7 more. How many?", "answer": "31337",
                "kind": "number"}
     for method in ["cot", "sc", "mcts", "vote", "principal", "align", "leader", "leader-solo"]:
-        assert METHODS[method](problem, ctx)["prediction"] == "12"
+        assert METHODS[method]([problem], ctx)[0]["prediction"] == "12"
     prompts = agents_llm.prompts + principal.prompts + leader.prompts
     assert prompts and not any("31337" in p for p in prompts)
 
 
 def test_search_on_the_tiny_model_is_seeded(tiny_llm):
-    from mcts import Agent, SearchConfig, render_tree, search
     agent, config = Agent("tiny", tiny_llm, 1.0), SearchConfig(rollouts=6, step_tokens=8, completion_tokens=16)
     first, again = search(agent, "Tom has 3 apples.", config=config, seed=1), \
         search(agent, "Tom has 3 apples.", config=config, seed=1)
@@ -429,7 +506,6 @@ def test_search_on_the_tiny_model_is_seeded(tiny_llm):
 # ---------------------------------------------------------------- hedge.py, principal.py, align.py
 
 def test_hedge_policy_equals_the_closed_form():
-    from hedge import Hedge
     rng = np.random.default_rng(0)
     learner, cumulative = Hedge(5, eta=0.1, seed=0), np.zeros(5)
     for _ in range(30):
@@ -442,7 +518,6 @@ def test_hedge_policy_equals_the_closed_form():
 
 
 def test_hedge_regret_against_a_hand_computation_and_the_bound():
-    from hedge import Hedge, hedge_regret_bound
     learner = Hedge(2, eta=math.log(3))
     learner.update([1.0, 0.0])                                    # pi_1 = (1/2, 1/2): gains 1/2
     learner.update([0.0, 1.0])                                    # pi_2 = (3/4, 1/4): gains 1/4
@@ -456,13 +531,11 @@ def test_hedge_regret_against_a_hand_computation_and_the_bound():
 
 
 def test_hedge_sampling_is_seeded():
-    from hedge import Hedge
     a, b = Hedge(3, seed=5), Hedge(3, seed=5)
     assert [a.sample() for _ in range(20)] == [b.sample() for _ in range(20)]
 
 
 def test_rank_feedback_and_final_selection():
-    from principal import rank_feedback, select_final
     ranking = [2, 0, 1, 3]
     assert rank_feedback([0, 1, 2], ranking) == {2: 1.0, 0: 0.0, 1: -1.0}
     assert rank_feedback([1, 1, 3], ranking) == {1: 1.0, 3: -1.0}   # agents that agree share a rank
@@ -471,7 +544,6 @@ def test_rank_feedback_and_final_selection():
 
 
 def test_plackett_luce_frequencies_and_zero_temperature():
-    from principal import PrincipalOrder, plackett_luce_order
     order = PrincipalOrder(["a", "b"], [1.0, 0.0], [0, 1])
     rng = np.random.default_rng(0)
     assert plackett_luce_order(order, 0.0, rng) == [0, 1]
@@ -480,7 +552,6 @@ def test_plackett_luce_frequencies_and_zero_temperature():
 
 
 def test_principal_orders_by_score_and_survives_an_unparseable_reply():
-    from principal import parse_listwise, rank_classes
     assert parse_listwise("B > A > C", 3) == [1, 0, 2]
     assert parse_listwise("B > A", 3) is None and parse_listwise("I think the second.", 2) is None
     scores = {"sol-x": -0.1, "sol-y": -3.0, "sol-z": 0.5}           # log P(Yes); log P(No) = -1
@@ -497,7 +568,6 @@ def test_principal_orders_by_score_and_survives_an_unparseable_reply():
 
 
 def test_counterfactual_utilities_and_nash_gap_by_hand():
-    from align import Player, counterfactual_utilities, expected_utilities, nash_gap
     ranking = [0, 1, 2]
     p0 = Player("p0", [0, 2], np.array([0.25, 0.75]))
     p1 = Player("p1", [1], np.array([1.0]))
@@ -511,19 +581,16 @@ def test_counterfactual_utilities_and_nash_gap_by_hand():
 
 
 def test_game_edge_cases_abstention_unanimity():
-    from align import GameConfig, Player, delegate
-    from principal import PrincipalOrder
     order = PrincipalOrder(["7"], [0.3], [0])
     unanimous = [Player(f"p{i}", [0], np.array([1.0])) for i in range(3)]
-    record = delegate(["7"], unanimous + [Player("silent", [], np.array([]))], order, GameConfig())
+    record = delegate(Pool(["7"], [None], unanimous + [Player("silent", [], np.array([]))]), order, GameConfig())
     assert record["prediction"] == "7" and record["abstained"] == ["silent"]
     assert record["diagnostics"]["rounds"] == 1 and record["diagnostics"]["converged"]
-    nobody = delegate([], [Player("silent", [], np.array([]))], PrincipalOrder([], [], []), GameConfig())
+    nobody = delegate(Pool([], [], [Player("silent", [], np.array([]))]), None, GameConfig())
     assert nobody["prediction"] is None and nobody["diagnostics"] is None
 
 
 def test_theorem_2_regret_stays_under_the_bound_and_regret_per_round_falls():
-    from align import simulate
     runs = {T: simulate(150, correlation=1.0, rounds=T, seed=0) for T in (10, 40, 160)}
     print({T: (round(s["regret"], 3), round(s["regret_bound"], 3), round(s["regret_per_round"], 4))
            for T, s in runs.items()})
@@ -532,14 +599,12 @@ def test_theorem_2_regret_stays_under_the_bound_and_regret_per_round_falls():
 
 
 def test_theorem_3_nash_gap_of_average_policies_shrinks():
-    from align import simulate
     gaps = {T: simulate(150, correlation=1.0, rounds=T, seed=1)["nash_gap"] for T in (10, 40, 160)}
     print(gaps)
     assert gaps[10] > gaps[40] > gaps[160]
 
 
 def test_theorem_1_align_beats_a_single_agent_only_with_an_aligned_principal():
-    from align import simulate
     figures = {c: simulate(300, correlation=c, rounds=20, eta=0.1, seed=2) for c in (1.0, 0.5, -1.0)}
     print({c: (s["align_accuracy"], s["single_accuracy"]) for c, s in figures.items()})
     assert figures[1.0]["align_accuracy"] >= figures[1.0]["single_accuracy"]
@@ -564,7 +629,6 @@ def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------- mlpo.py
 
 def test_mlpo_loss_equals_a_hand_computation():
-    from mlpo import group_advantages, mlpo_loss
     new = torch.tensor([[-1.0, -0.5], [-2.0, 0.0]])
     old = torch.tensor([[-1.2, -0.5], [-1.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
@@ -583,7 +647,6 @@ def test_mlpo_loss_equals_a_hand_computation():
 
 
 def test_one_optimizer_step_raises_a_rewarded_completion(tiny_model_dir):
-    from mlpo import completion_logprobs, group_advantages, mlpo_loss
     leader = llm.load_llm(tiny_model_dir, device="cpu", fresh=True)   # a private copy: we train it
     prompt = leader.encode(leader.chat("Tom has 3 apples and buys 5 more."))
     completions = [leader.encode("<answer>8</answer>"), leader.encode("<answer>9</answer>")]
@@ -606,7 +669,6 @@ def test_one_optimizer_step_raises_a_rewarded_completion(tiny_model_dir):
 
 
 def test_easy_question_filter_and_leader_answers():
-    from mlpo import drop_easy_questions, leader_answer, leader_reward
     pool = [{"id": i, "pool_accuracy": a} for i, a in enumerate([0.75, 0.5, 1.0, 0.74, 0.0])]
     assert [e["id"] for e in drop_easy_questions(pool, 0.75)] == [1, 3, 4]
     assert leader_answer("2 + 2.</think><answer>4</answer> then <answer>5</answer>") == "5"  # the last tag
