@@ -20,7 +20,8 @@ A problem's `kind` says how its answers are read (`extract_answer(text, kind)`, 
 One function, `same_answer`, decides equivalence everywhere: majority votes, utilities, the principal's
 classes and the grader. It needs no kind: it compares canonical forms, and its rules (numbers by value, `(B)`
 is `B`, truth words in any case) are safe for every kind. A forker who wants a different notion of "same
-answer" (code, free text) edits it and `extract_answer`, and everything else follows.
+answer" (code, free text) edits it and `extract_answer`, and everything else follows. `is_correct(prediction,
+gold, kind)` reads the gold by its kind's rules first (`canonical_answer`), so BBH's `(B)` and MMLU's `B` agree.
 
 Run `python utility.py "The answer is $1,000."` to see what every kind extracts.
 """
@@ -325,6 +326,7 @@ def answer_kind_of_target(target: str) -> str:
 # ---------------------------------------------------------------- equivalence
 
 def _comparable(answer: str) -> str:
+    """The string `same_answer` compares: normalised LaTeX, an option letter bare, a truth word in lower case."""
     s = normalize_math(answer)
     option = re.fullmatch(r"\(([A-Z])\)", s)
     if option:
