@@ -374,7 +374,7 @@ def run_methods(problems: list, methods: list, ctx: Context, write) -> None:
             record = {"problem_id": problem["id"], "dataset": problem.get("dataset"), "method": method,
                       "question": problem["question"], "prediction": result.pop("prediction"),
                       "gold": problem["answer"]}
-            record["correct"] = is_correct(record["prediction"], problem["answer"])   # the grader reads the gold
+            record["correct"] = is_correct(record["prediction"], problem["answer"], problem["kind"])  # reads the gold
             record.update({k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()})
             record.update(result)
             write(problem, method, record)

@@ -84,7 +84,7 @@ def leader_answer(reply: str, kind: str = "number", strict_format: bool = False)
 
 def leader_reward(reply: str, gold: str, kind: str = "number", strict_format: bool = False) -> float:
     """[ours, after the reviewers] 1 if the reply's answer matches the reference answer, else 0."""
-    return float(is_correct(leader_answer(reply, kind, strict_format), gold))
+    return float(is_correct(leader_answer(reply, kind, strict_format), gold, kind))
 
 
 # ---------------------------------------------------------------- inference
@@ -159,7 +159,8 @@ def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max
         responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"]), responses_per_agent,
                                   temperature=a.temperature, max_new_tokens=max_new_tokens, seed=seed + 97 * n + i)
                      for i, a in enumerate(agents)]                   # responses[agent][k]
-        correct = [is_correct(extract_answer(r, problem["kind"]), problem["answer"]) for rs in responses for r in rs]
+        correct = [is_correct(extract_answer(r, problem["kind"]), problem["answer"], problem["kind"])
+                   for rs in responses for r in rs]
         pool.append({**problem, "responses": responses, "pool_accuracy": sum(correct) / len(correct)})
     return pool
 
