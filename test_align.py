@@ -6,7 +6,7 @@ What is checked against what:
   - every MATH-500, GSM8K, GSM-Hard, BBH and MMLU reference, written as a model writes it, grades equal to
     itself; LaTeX normalisation is idempotent on seeded generated answers;
   - the data loaders on the data folder ($ALIGN_DATA_DIR, else a folder `shared/data` beside the repository)
-    and on malformed files;
+    and on malformed files; the download path offline, through file:// URLs;
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
     through llm.py: cached-prefix sampling equals plain sampling under greedy decoding;
   - MCTS against hand computations on a fake model with scripted steps;
@@ -16,6 +16,7 @@ What is checked against what:
 """
 from __future__ import annotations
 
+import collections
 import csv
 import glob
 import json
@@ -26,6 +27,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -35,7 +37,7 @@ import torch
 import llm
 from align import (GameConfig, Player, Pool, counterfactual_utilities, delegate, expected_utilities, nash_gap,
                    rank_feedback, simulate)
-from data import DataError, arith, load_problems
+from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
 from evaluate import METHODS, Context, EvalConfig, parse_methods, read_records, run_methods, wilson_interval
 from hedge import Hedge, hedge_regret_bound
 from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
@@ -407,6 +409,186 @@ def test_loader_errors_name_the_file_and_line(tmp_path):
         load_problems("gsm_hard", str(tmp_path))
     with pytest.raises(DataError, match="unknown dataset"):
         load_problems("gsm9k", str(tmp_path))
+
+
+BBH_SMALL_TASKS = {"causal_judgement": 187, "penguins_in_a_table": 146, "snarks": 178}   # the rest have 250
+
+
+@needs_shared_data
+def test_bbh_loader_on_shared_data():
+    problems = load_problems("bbh", SHARED_DATA)
+    assert len(problems) == 6511 and len({p["id"] for p in problems}) == 6511
+    by_task = {task: [p for p in problems if p["id"].rsplit("-", 1)[0] == f"bbh-{task}"] for task in BBH_TASKS}
+    assert {task: len(ps) for task, ps in by_task.items()} == {t: BBH_SMALL_TASKS.get(t, 250) for t in BBH_TASKS}
+    assert [p["id"] for p in problems[:27]] == [f"bbh-{task}-0" for task in BBH_TASKS]   # round-robin over tasks
+    assert [p["id"] for p in by_task["snarks"][:3]] == ["bbh-snarks-0", "bbh-snarks-1", "bbh-snarks-2"]
+    first = by_task["date_understanding"][0]
+    assert set(first) == {"id", "question", "answer", "kind", "examples"} and first["answer"] == "(B)"
+    assert first["question"].startswith("Infer the date from context.\n\nToday is Christmas Eve of 1937.")
+    kinds = {task: {p["kind"] for p in ps} for task, ps in by_task.items()}
+    assert all(len(k) == 1 for k in kinds.values())                    # one kind per task
+    assert {t for t, k in kinds.items() if k == {"number"}} == {"object_counting", "multistep_arithmetic_two"}
+    assert {t for t, k in kinds.items() if k == {"text"}} == {
+        "boolean_expressions", "causal_judgement", "dyck_languages", "formal_fallacies", "navigate",
+        "sports_understanding", "web_of_lies", "word_sorting"}
+    # the upstream flaw: three choice targets are option texts, which no letter can match
+    unmatchable = {p["id"] for p in problems if p["kind"] == "choice" and not canonical_answer(p["answer"], "choice")}
+    assert unmatchable == {"bbh-movie_recommendation-163", "bbh-ruin_names-99", "bbh-ruin_names-144"}
+    with open(os.path.join(SHARED_DATA, "bbh", "navigate.json"), encoding="utf-8") as f:
+        raw = json.load(f)["examples"]
+    assert [p["answer"] for p in by_task["navigate"]] == [e["target"] for e in raw]
+    assert all(p["question"].endswith(e["input"]) for p, e in zip(by_task["navigate"], raw))
+
+
+@needs_shared_data
+def test_bbh_exemplars_are_the_tasks_cot_prompts():
+    questions = {p["question"] for p in load_problems("bbh", SHARED_DATA)}
+    for task in BBH_TASKS:
+        problem = load_problems(f"bbh:{task}", SHARED_DATA, limit=1)[0]
+        with open(os.path.join(SHARED_DATA, "bbh", "cot-prompts", f"{task}.txt"), encoding="utf-8") as f:
+            prompt = f.read()
+        description = prompt.split("\n", 2)[2].split("\n\nQ: ")[0].strip()        # after the canary and -----
+        assert problem["question"].startswith(description + "\n\n") and len(problem["examples"]) == 3, task
+        for question, answer in problem["examples"]:
+            assert question.startswith(description + "\n\n") and question not in questions
+            assert f"Q: {question[len(description) + 2:]}\nA: {answer}" in prompt     # verbatim from the file
+            assert answer.startswith("Let's think step by step.") and "\nQ:" not in answer
+            stated = re.search(r"So the answer is (.+)\.$", answer).group(1)
+            assert extract_answer(answer, problem["kind"]) == canonical_answer(stated, problem["kind"]) is not None
+    snarks = load_problems("bbh:snarks", SHARED_DATA, limit=1)[0]
+    assert "Cambridge University Dictionary" in snarks["question"]     # snarks' two-paragraph description
+
+
+@needs_shared_data
+def test_mmlu_loader_on_shared_data():
+    problems = load_problems("mmlu", SHARED_DATA)
+    assert len(problems) == 14042 and len({p["id"] for p in problems}) == 14042
+    assert [p["id"] for p in problems[:57]] == [f"mmlu-{subject}-0" for subject in MMLU_SUBJECTS]
+    assert collections.Counter(p["answer"] for p in problems) == {"A": 3222, "B": 3462, "C": 3582, "D": 3776}
+    assert {p["kind"] for p in problems} == {"choice"}
+    law = [p for p in problems if p["id"].startswith("mmlu-professional_law-")]
+    assert len(law) == 1534 and law[-1]["id"] == "mmlu-professional_law-1533"
+    first = problems[0]
+    assert set(first) == {"id", "question", "answer", "kind", "examples"} and first["answer"] == "B"
+    assert first["question"] == ("Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over "
+                                 "Q.\nOptions:\n(A) 0\n(B) 4\n(C) 2\n(D) 6")
+    exemplar_lists = {id(p["examples"]): p["examples"] for p in problems}.values()   # one list per subject
+    assert len(exemplar_lists) == 57 and sum(len(e) for e in exemplar_lists) == 285
+    with open(os.path.join(SHARED_DATA, "mmlu", "dev", "anatomy_dev.csv"), encoding="utf-8", newline="") as f:
+        dev = list(csv.reader(f))
+    anatomy = next(p for p in problems if p["id"] == "mmlu-anatomy-0")
+    assert [a for _, a in anatomy["examples"]] == [f"The answer is ({row[5]})." for row in dev]
+    assert [q.split("\nOptions:")[0] for q, _ in anatomy["examples"]] == [row[0].strip() for row in dev]
+    for question, answer in anatomy["examples"]:
+        assert extract_answer(answer, "choice") in "ABCD" and question.count("\n(") == 4
+    mathematics = load_problems("mmlu:college_mathematics", SHARED_DATA, limit=1)[0]
+    assert "\r\n" in mathematics["examples"][2][0]          # a newline inside a quoted field, kept as it is
+
+
+@needs_shared_data
+def test_tasks_are_picked_by_name_and_interleaved():
+    picked = load_problems("bbh:navigate, date_understanding", SHARED_DATA, limit=5)
+    assert [p["id"] for p in picked] == ["bbh-navigate-0", "bbh-date_understanding-0", "bbh-navigate-1",
+                                         "bbh-date_understanding-1", "bbh-navigate-2"]
+    assert [p["kind"] for p in picked[:2]] == ["text", "choice"]
+    assert len(load_problems("bbh:snarks", SHARED_DATA)) == 178
+    assert len(load_problems("mmlu:anatomy,virology", SHARED_DATA)) == 135 + 166
+    with pytest.raises(DataError, match=r"unknown bbh task\(s\) \['navigation'\]; choose from: boolean_expressions"):
+        load_problems("bbh:navigation", SHARED_DATA)
+    with pytest.raises(DataError, match=r"dataset 'gsm8k' has no tasks to pick"):
+        load_problems("gsm8k:main", SHARED_DATA)
+    with pytest.raises(DataError, match=r"'mmlu' has no train split"):
+        load_problems("mmlu", SHARED_DATA, split="train")
+    out = run_cli("data.py", "mmlu:anatomy", "--data-dir", SHARED_DATA)
+    assert out.startswith("mmlu:anatomy (test): 135 problems") and '"id": "mmlu-anatomy-0"' in out
+
+
+def test_bbh_and_mmlu_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "bbh" / "cot-prompts").mkdir(parents=True)
+    (tmp_path / "mmlu" / "test").mkdir(parents=True)
+    (tmp_path / "mmlu" / "dev").mkdir(parents=True)
+    task, prompt = tmp_path / "bbh" / "navigate.json", tmp_path / "bbh" / "cot-prompts" / "navigate.txt"
+    good_prompt = ("canary\n-----\nNavigate.\n\nQ: Go left?\nA: Let's think step by step.\nSo the answer is Yes.\n\n"
+                   "Q: Go right?\nA: Let's think step by step. So the answer is No.")
+    prompt.write_text(good_prompt)
+    bbh_cases = [
+        ('{"canary": "c", "examples": [{"input": "q", "target": "Yes"}',
+         r"navigate.json, line 1, column \d+: not valid JSON"),
+        ('{"canary": "c"}', r"navigate.json, line 1: expected an object with a list under 'examples'"),
+        ('{"examples": [{"input": "q", "target": "Yes"}, {"input": "q"}]}',
+         r"navigate.json, line 1, example 2: missing or non-string field\(s\) \['target'\]"),
+        ('{"examples": [{"input": "q", "target": 3}]}', r"example 1: missing or non-string field\(s\) \['target'\]"),
+    ]
+    for text, error in bbh_cases:
+        task.write_text(text)
+        with pytest.raises(DataError, match=error):
+            load_problems("bbh:navigate", str(tmp_path))
+    task.write_text('{"canary": "c", "examples": [{"input": "Go up?", "target": "No"}]}')
+    assert load_problems("bbh:navigate", str(tmp_path))[0]["examples"][1] == (
+        "Navigate.\n\nGo right?", "Let's think step by step. So the answer is No.")
+    prompt_cases = [(good_prompt.replace("-----", "====="), r"navigate.txt, line 2: expected a canary line"),
+                    (good_prompt.replace("So the answer is No.", "No."), r"navigate.txt, line 9: an exemplar is"),
+                    (good_prompt.replace("\nA: Let's think step by step.\nSo", "\nSo"),
+                     r"navigate.txt, line 5: an exemplar"),
+                    ("canary\n-----\nNavigate.\n\nGo left? Yes.", r"navigate.txt, line 5: no exemplar")]
+    for text, error in prompt_cases:
+        prompt.write_text(text)
+        with pytest.raises(DataError, match=error):
+            load_problems("bbh:navigate", str(tmp_path))
+    with pytest.raises(DataError, match=r"no file .*bbh/snarks.json"):
+        load_problems("bbh:snarks", str(tmp_path))
+
+    test, dev = tmp_path / "mmlu" / "test" / "anatomy_test.csv", tmp_path / "mmlu" / "dev" / "anatomy_dev.csv"
+    good_row = b"Which bone?,Hyoid,Femur,Tibia,Ulna,A\n"
+    dev.write_bytes(good_row * 5)
+    multi_line = b'"A question\r\nover two lines?",1,2,3,4,B\r\n'        # row 1 spans lines 1-2
+    csv_cases = [(multi_line + b"Short,row,B\n", r"anatomy_test.csv, row 2 \(line 3\): 3 fields, expected 6"),
+                 (multi_line + good_row + b"Q,1,2,3,4,E\n",
+                  r"row 3 \(line 4\): the answer must be A, B, C or D, not 'E'"),
+                 (multi_line + b' ,1,2,3,4,C\n', r"row 2 \(line 3\): the question is empty"),
+                 (multi_line + b'"Unclosed,1,2,3,4,A\n', r"row 2 \(line 3\): not valid CSV"),
+                 (multi_line + b"Caf\xe9?,1,2,3,4,A\n", r"anatomy_test.csv, line 3: not UTF-8")]
+    for data, error in csv_cases:
+        test.write_bytes(data)
+        with pytest.raises(DataError, match=error):
+            load_problems("mmlu:anatomy", str(tmp_path))
+    test.write_bytes(multi_line + b"\n" + good_row)                           # a blank line is no row
+    loaded = load_problems("mmlu:anatomy", str(tmp_path))
+    assert [p["answer"] for p in loaded] == ["B", "A"] and loaded[0]["question"].startswith("A question\r\nover")
+    dev.write_bytes(good_row + b"Q,1,2,3,4,F\n")
+    with pytest.raises(DataError, match=r"anatomy_dev.csv, row 2 \(line 2\): the answer must be"):
+        load_problems("mmlu:anatomy", str(tmp_path))
+    dev.unlink()
+    with pytest.raises(DataError, match=r"no file .*mmlu/dev/anatomy_dev.csv"):
+        load_problems("mmlu:anatomy", str(tmp_path))
+
+
+@needs_shared_data
+def test_bbh_and_mmlu_download_into_the_cache(tmp_path, monkeypatch):
+    """The download path, offline: file:// URLs stand in for GitHub and the MMLU tarball."""
+    monkeypatch.delenv("ALIGN_DATA_DIR", raising=False)
+    monkeypatch.setattr("data.DEFAULT_CACHE", str(tmp_path / "cache"))
+    for relative in ("bbh/navigate.json", "bbh/cot-prompts/navigate.txt"):
+        monkeypatch.setitem(SOURCES, relative, "file://" + os.path.abspath(os.path.join(SHARED_DATA, relative)))
+    tarball = tmp_path / "data.tar"
+    with tarfile.open(tarball, "w") as archive:
+        for split in ("test", "dev"):
+            archive.add(os.path.join(SHARED_DATA, "mmlu", split, f"anatomy_{split}.csv"),
+                        f"data/{split}/anatomy_{split}.csv")
+        archive.add(os.path.join(SHARED_DATA, "mmlu", "dev", "virology_dev.csv"), "data/auxiliary_train/x.csv")
+        archive.add(os.path.join(SHARED_DATA, "mmlu", "dev", "virology_dev.csv"), "data/test/../../escape.csv")
+    monkeypatch.setitem(ARCHIVES, "mmlu/", ("file://" + str(tarball), ARCHIVES["mmlu/"][1]))
+    for name in ("bbh:navigate", "mmlu:anatomy"):
+        assert load_problems(name) == load_problems(name, SHARED_DATA)
+    cached = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
+    assert cached == ["cache/bbh/cot-prompts/navigate.txt", "cache/bbh/navigate.json", "cache/mmlu/dev/anatomy_dev.csv",
+                      "cache/mmlu/test/anatomy_test.csv", "data.tar"]        # no tarball, no other folder kept
+    with pytest.raises(DataError, match=r"has no mmlu/dev/virology_dev.csv; pass --data-dir"):
+        load_problems("mmlu:virology")
+    monkeypatch.setitem(SOURCES, "bbh/snarks.json", "file://" + str(tmp_path / "missing.json"))
+    with pytest.raises(DataError, match=r"could not download .*Offline\? Pass --data-dir DIR"):
+        load_problems("bbh:snarks")
+    assert not glob.glob(str(tmp_path / "cache" / "bbh" / "*.part"))
 
 
 def test_arith_is_seeded_and_train_never_repeats_test():
