@@ -49,19 +49,21 @@ class GameConfig:
 # ================================================================ the pipeline, one question
 
 def solve(question: str, kind: str, agents: list, principal, search_config: SearchConfig,
-          game_config: GameConfig, seed: int = 0) -> dict:
-    """ALIGN on one question: returns the game's record, with the answer under "prediction"."""
+          game_config: GameConfig, seed: int = 0, examples: list | None = None) -> dict:
+    """ALIGN on one question: returns the game's record, with the answer under "prediction".
+    `examples`: the problem's own few-shot exemplars for the agents (BBH, MMLU; None: the built-in ones)."""
     seeds = [derive_seed(seed, "search", i) for i in range(len(agents))]
-    searches = candidates(agents, question, kind, search_config, seeds)       # 1. [paper] MCTS per agent
+    searches = candidates(agents, question, kind, search_config, seeds, examples)  # 1. [paper] MCTS per agent
     pool = pool_classes(searches)                                             # 2. [paper] U^i(a) per class
     order = principal_order(principal, question, pool, game_config.principal_mode,
                             derive_seed(seed, "principal"))                   # 3. the principal's order
     return delegate(pool, order, game_config, derive_seed(seed, "align"))     # 4-8. the game
 
 
-def candidates(agents: list, question: str, kind: str, config: SearchConfig, seeds: list) -> list:
+def candidates(agents: list, question: str, kind: str, config: SearchConfig, seeds: list,
+               examples: list | None = None) -> list:
     """Step 1. [paper] Each agent generates candidate answers with MCTS (16 rollouts, depth 5)."""
-    return [search(agent, question, kind, config, seed) for agent, seed in zip(agents, seeds)]
+    return [search(agent, question, kind, config, seed, examples) for agent, seed in zip(agents, seeds)]
 
 
 @dataclasses.dataclass

@@ -169,7 +169,8 @@ class Context:
         picks some of them (default: all). Returns searches[problem][agent]."""
         agents = range(len(self.agents)) if agents is None else agents
         return [[self.shared.get(p["id"], ("search", i), lambda p=p, i=i: candidates(
-            [self.agents[i]], p["question"], p["kind"], self.search, [self.seed(p, "search", i)])[0])
+            [self.agents[i]], p["question"], p["kind"], self.search, [self.seed(p, "search", i)],
+            p.get("examples"))[0])
                  for i in agents] for p in problems]
 
     def pools(self, problems: list) -> list:
@@ -194,7 +195,8 @@ def method_cot(problems, ctx):
     agent = ctx.agents[0]
 
     def one(problem):
-        text = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), 1, temperature=0.0,
+        text = agent.llm.sample(agent.prompt(problem["question"], problem["kind"], problem.get("examples")), 1,
+                                temperature=0.0,
                                 max_new_tokens=ctx.config.max_new_tokens)[0]
         return {"prediction": extract_answer(text, problem["kind"]), "raw": [text]}
     return ctx.each(problems, one)
@@ -205,7 +207,8 @@ def method_sc(problems, ctx):
     agent = ctx.agents[0]
 
     def one(problem):
-        texts = agent.llm.sample(agent.prompt(problem["question"], problem["kind"]), ctx.config.sc_samples,
+        texts = agent.llm.sample(agent.prompt(problem["question"], problem["kind"], problem.get("examples")),
+                                 ctx.config.sc_samples,
                                  temperature=ctx.config.sc_temperature, max_new_tokens=ctx.config.max_new_tokens,
                                  seed=ctx.seed(problem, "sc"))
         samples = [Sample(extract_answer(t, problem["kind"]), t) for t in texts]
@@ -257,7 +260,7 @@ def method_align(problems, ctx):
 def method_leader(problems, ctx, team=True):
     """MLPO inference: the team answers, the leader aggregates, for T rounds (mlpo.py)."""
     return ctx.each(problems, lambda p: lead(p["question"], p["kind"], ctx.agents, ctx.leader, ctx.leader_config,
-                                             ctx.seed(p, "leader"), team=team))
+                                             ctx.seed(p, "leader"), team=team, examples=p.get("examples")))
 
 
 def method_leader_solo(problems, ctx):
@@ -355,7 +358,7 @@ def summarize(records: list[dict], methods: list[str]) -> str:
 def run_methods(problems: list, methods: list, ctx: Context, write) -> None:
     """Run every method on a batch of problems and write one record per (problem, method), charged by the rule
     of `SharedWork`. `write(problem, method, record)` stores a record."""
-    public = [{k: p[k] for k in ("id", "question", "kind")} for p in problems]   # no gold answer in here
+    public = [{k: p[k] for k in ("id", "question", "kind", "examples") if k in p} for p in problems]  # no gold answer
     for method in methods:
         base, _, role_model = method.partition("@")
         ctx.role_model, ctx.roles_used = role_model or None, set()
@@ -386,7 +389,7 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
         leader_config: LeaderConfig | None = None) -> list[dict]:
     """Evaluate, writing records as it goes; returns all records of the requested methods."""
     methods = parse_methods(config.methods)
-    if config.dataset not in DATASETS:
+    if config.dataset.partition(":")[0] not in DATASETS:           # bbh:TASK,... picks tasks (data.py)
         raise DataError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
     if config.preset not in PRESETS:
         raise DataError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")

@@ -53,10 +53,26 @@ MATH_EXAMPLES = [
     ("Solve for $x$: $2x + 3 = 11$.",
      "Subtract 3 from both sides: $2x = 8$.\nDivide by 2: $x = 4$.\nThe answer is $\\boxed{4}$."),
 ]
+# [ours] Fallbacks for the new kinds when a problem brings no exemplars of its own (BBH and MMLU problems do:
+# the benchmark's, in `problem["examples"]`), written for this project in the BBH answer style.
+CHOICE_EXAMPLES = [
+    ("Which number is a prime?\nOptions:\n(A) 21\n(B) 27\n(C) 29\n(D) 33",
+     "21 = 3 * 7, 27 = 3 * 9 and 33 = 3 * 11 are not prime.\n29 has no divisor but 1 and itself.\n"
+     "So the answer is (C)."),
+]
+TEXT_EXAMPLES = [
+    ("Is the following sentence plausible? \"The goalkeeper caught the ball with his hands.\"",
+     "A goalkeeper may catch the ball with his hands.\nSo the answer is yes."),
+]
 INSTRUCTIONS = {
     "number": "Solve the problem step by step, one step per line. End with 'The answer is N.'",
     "math": "Solve the problem step by step, one step per line. End with 'The answer is $\\boxed{ANSWER}$.'",
+    "choice": "Answer the question step by step, one step per line. End with 'So the answer is (X).', "
+              "where X is the letter of the right option.",
+    "text": "Answer the question step by step, one step per line. End with 'So the answer is ANSWER.'",
 }
+BUILT_IN_EXAMPLES = {"number": NUMBER_EXAMPLES, "math": MATH_EXAMPLES, "choice": CHOICE_EXAMPLES,
+                     "text": TEXT_EXAMPLES}
 
 
 @dataclasses.dataclass
@@ -67,8 +83,12 @@ class Agent:
     temperature: float = 0.7
     few_shot: bool = True
 
-    def prompt(self, question: str, kind: str = "number") -> str:
-        examples = (MATH_EXAMPLES if kind == "math" else NUMBER_EXAMPLES) if self.few_shot else []
+    def prompt(self, question: str, kind: str = "number", examples: list | None = None) -> str:
+        """The agent's prompt: the instruction for the kind, few-shot exemplars, then the question.
+
+        `examples` are the problem's own (question, answer) exemplars (BBH, MMLU); None: the built-in ones.
+        """
+        examples = (BUILT_IN_EXAMPLES[kind] if examples is None else examples) if self.few_shot else []
         return self.llm.chat(f"{INSTRUCTIONS[kind]}\n\n{question}",
                              examples=[(f"{INSTRUCTIONS[kind]}\n\n{q}", a) for q, a in examples])
 
@@ -165,11 +185,11 @@ class SearchResult:
 
 
 def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
-           seed: int = 0) -> SearchResult:
-    """One agent's MCTS on one question. Same seed, same tree."""
+           seed: int = 0, examples: list | None = None) -> SearchResult:
+    """One agent's MCTS on one question (`examples`: its few-shot exemplars, see Agent.prompt). Same seed, same tree."""
     config = config or SearchConfig()
     before, start = agent.llm.counters.snapshot(), time.perf_counter()
-    prompt = agent.prompt(question, kind)
+    prompt = agent.prompt(question, kind, examples)
     root, samples, invocations, done = Node(steps=[]), [], 0, 0
     parallel = config.parallel if config.batched else 1
     generation = dict(temperature=agent.temperature, use_prefix_cache=config.batched,

@@ -43,10 +43,10 @@ from utility import extract_answer, is_correct
 
 # [ours] One worked example of the reply format, written for this project. Small models rarely produce the
 # tags unprompted; with the example and the reply started with "<think>" they sometimes do.
-LEADER_TASK = ("You lead a team of {k} assistants who answered a math problem.\n\nProblem: {question}\n\n{team}\n\n"
+LEADER_TASK = ("You lead a team of {k} assistants who answered a problem.\n\nProblem: {question}\n\n{team}\n\n"
                "Check their answers and write the final answer. "
                "Reply as <think>your reasoning</think><answer>the final answer</answer>")
-SOLO_TASK = ("Solve this math problem.\n\nProblem: {question}\n\n"
+SOLO_TASK = ("Solve this problem.\n\nProblem: {question}\n\n"
              "Reply as <think>your reasoning</think><answer>the final answer</answer>")
 EXAMPLE_QUESTION = "Mia has 12 pencils. She gives 5 pencils to her brother. How many pencils does Mia have left?"
 EXAMPLE_TEAM = ["12 - 5 = 7.\nThe answer is 7.", "12 + 5 = 17.\nThe answer is 17.", "She has 7 left.\nThe answer is 7."]
@@ -104,10 +104,11 @@ def revision_question(question: str, previous: str, leader_reply: str) -> str:
 
 
 def lead(question: str, kind: str, agents: list, leader, config: LeaderConfig, seed: int = 0,
-         team: bool = True) -> dict:
-    """MLPO inference: the team answers, the leader aggregates, the team revises; the last <answer> wins."""
+         team: bool = True, examples: list | None = None) -> dict:
+    """MLPO inference: the team answers, the leader aggregates, the team revises; the last <answer> wins.
+    `examples`: the problem's own few-shot exemplars for the agents (BBH, MMLU; None: the built-in ones)."""
     tokens = config.leader_max_new_tokens
-    responses = [a.llm.sample(a.prompt(question, kind), 1, temperature=a.temperature, max_new_tokens=tokens,
+    responses = [a.llm.sample(a.prompt(question, kind, examples), 1, temperature=a.temperature, max_new_tokens=tokens,
                               seed=seed + i)[0] for i, a in enumerate(agents)] if team else None
     transcript = []
     for t in range(config.leader_rounds if team else 1):
@@ -115,7 +116,7 @@ def lead(question: str, kind: str, agents: list, leader, config: LeaderConfig, s
                               max_new_tokens=tokens, stop=["</answer>"], seed=seed + 100 * (t + 1))[0]
         transcript.append({"team": responses, "leader": reply})
         if team and t + 1 < config.leader_rounds:  # each agent revises its own answer given the leader's reply
-            responses = [a.llm.sample(a.prompt(revision_question(question, r, reply), kind), 1,
+            responses = [a.llm.sample(a.prompt(revision_question(question, r, reply), kind, examples), 1,
                                       temperature=a.temperature, max_new_tokens=tokens,
                                       seed=seed + 100 * (t + 1) + i + 1)[0]
                          for i, (a, r) in enumerate(zip(agents, responses))]
@@ -156,8 +157,9 @@ def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max
     """The offline pool: `responses_per_agent` sampled responses of every agent to every question, made once."""
     pool = []
     for n, problem in enumerate(tqdm(problems, desc="offline pool", dynamic_ncols=True)):
-        responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"]), responses_per_agent,
-                                  temperature=a.temperature, max_new_tokens=max_new_tokens, seed=seed + 97 * n + i)
+        responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"], problem.get("examples")),
+                                  responses_per_agent, temperature=a.temperature, max_new_tokens=max_new_tokens,
+                                  seed=seed + 97 * n + i)
                      for i, a in enumerate(agents)]                   # responses[agent][k]
         correct = [is_correct(extract_answer(r, problem["kind"]), problem["answer"], problem["kind"])
                    for rs in responses for r in rs]

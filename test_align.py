@@ -591,6 +591,34 @@ def test_bbh_and_mmlu_download_into_the_cache(tmp_path, monkeypatch):
     assert not glob.glob(str(tmp_path / "cache" / "bbh" / "*.part"))
 
 
+def run_on_the_tiny_model(dataset, tiny_model_dir, output):
+    """evaluate.py --methods cot,sc --limit 2 on the shared data with the tiny random model: the table and records."""
+    out = run_cli("evaluate.py", "--dataset", dataset, "--methods", "cot,sc", "--limit", "2", "--model", tiny_model_dir,
+                  "--sc-samples", "2", "--max-new-tokens", "8", "--output", str(output), "--no-progress",
+                  "--device", "cpu", env={"ALIGN_DATA_DIR": SHARED_DATA})
+    records = read_records(str(output))
+    table = out.split("accuracy")[1]
+    assert re.search(r"\ncot +2 ", table) and re.search(r"\nsc +2 ", table)   # random model: any accuracy
+    assert sorted((r["method"], r["problem_id"]) for r in records) == sorted(
+        (m, p) for m in ("cot", "sc") for p in {r["problem_id"] for r in records})
+    assert all(r["dataset"] == dataset and r["calls"] > 0 and isinstance(r["correct"], bool) for r in records)
+    return records
+
+
+@needs_shared_data
+def test_evaluate_runs_cot_and_sc_on_bbh_with_the_tiny_model(tiny_model_dir, tmp_path):
+    records = run_on_the_tiny_model("bbh:sports_understanding,date_understanding", tiny_model_dir, tmp_path / "b.jsonl")
+    assert {r["problem_id"]: r["gold"] for r in records} == {"bbh-sports_understanding-0": "no",
+                                                             "bbh-date_understanding-0": "(B)"}
+    assert all(len(r["answers"]) == 2 for r in records if r["method"] == "sc")
+
+
+@needs_shared_data
+def test_evaluate_runs_cot_and_sc_on_mmlu_with_the_tiny_model(tiny_model_dir, tmp_path):
+    records = run_on_the_tiny_model("mmlu:world_religions,anatomy", tiny_model_dir, tmp_path / "m.jsonl")
+    assert {r["problem_id"]: r["gold"] for r in records} == {"mmlu-world_religions-0": "D", "mmlu-anatomy-0": "A"}
+
+
 def test_arith_is_seeded_and_train_never_repeats_test():
     first, again = arith(split="test", seed=3, count=50), arith(split="test", seed=3, count=50)
     assert first == again and first == load_problems("arith", seed=3, limit=50)
@@ -903,6 +931,25 @@ def test_the_gold_answer_never_reaches_a_model():
         assert METHODS[method]([problem], ctx)[0]["prediction"] == "12"
     prompts = agents_llm.prompts + principal.prompts + leader.prompts
     assert prompts and not any("31337" in p for p in prompts)
+
+
+def test_a_problems_exemplars_reach_every_agent_prompt_but_not_the_gold():
+    """Every method passes `examples` from run_methods to every agent prompt (cot, sc, MCTS, the leader's team)."""
+    agents_llm = FakeLLM(default_step="Check each option.", default_completion="So the answer is (B).")
+    ctx = Context(EvalConfig(sc_samples=2), SearchConfig(rollouts=4, children=2),
+                  agents=[Agent(f"a{i}", agents_llm, 0.7) for i in range(3)], principal=FakeLLM(),
+                  leader=FakeLLM(default_completion="Agreed.</think><answer>(B)"))
+    problem = {"id": "p", "question": "Which is even?\nOptions:\n(A) 3\n(B) 4", "answer": "B", "kind": "choice",
+               "examples": [("EXEMPLAR: which is odd?\nOptions:\n(A) 2\n(B) 5", "So the answer is (B).")]}
+    records = {}
+    run_methods([problem], list(METHODS), ctx, lambda p, method, record: records.__setitem__(method, record))
+    assert set(records) == set(METHODS) and all(r["correct"] for r in records.values())
+    agent_prompts = [p for p in agents_llm.prompts]
+    assert agent_prompts and all("EXEMPLAR: which is odd?" in p for p in agent_prompts)
+    assert not any("prime" in p for p in agent_prompts)                 # not the built-in choice exemplar
+    built_in = Agent("a", FakeLLM()).prompt("Which is even?", "choice")
+    assert "Which number is a prime?" in built_in and "So the answer is (X)." in built_in
+    assert "Yes." in Agent("a", FakeLLM()).prompt("Is it?", "text", examples=[("Q?", "So the answer is Yes.")])
 
 
 def test_search_on_the_tiny_model_is_seeded(tiny_llm):
