@@ -453,8 +453,9 @@ def sft(config: SFTConfig) -> dict:
     leader.model.eval()
     examples = build_sft_data(leader, pool, config)
     os.makedirs(config.output, exist_ok=True)
-    with open(os.path.join(config.output, "sft_data.jsonl"), "w") as f:   # what the leader was fine-tuned on
-        f.writelines(json.dumps(example) + "\n" for example in examples)
+    for name, records in [("pool.jsonl", pool), ("sft_data.jsonl", examples)]:   # what the leader was tuned on
+        with open(os.path.join(config.output, name), "w") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
     sources = {s: sum(e["source"] == s for e in examples) for s in ("model", "template")}
     print(f"sft data: {len(pool)} questions, {len(examples)} examples ({sources['model']} written by the leader, "
           f"{sources['template']} from the template), {len(pool) - len(examples)} questions without one")

@@ -1006,6 +1006,7 @@ def test_mlpo_sft_saves_a_leader_that_train_init_from_continues(tiny_model_dir, 
                   "--batch-size", "2", "--learning-rate", "1e-3", "--output", str(sft_dir), "--device", "cpu")
     assert "saved the fine-tuned leader" in out and f"--init-from {sft_dir}" in out
     data = [json.loads(line) for line in open(sft_dir / "sft_data.jsonl")]
+    assert len(open(sft_dir / "pool.jsonl").readlines()) == 3
     assert data and all(e["source"] in ("model", "template") and e["prompt"].endswith("<think>") for e in data)
     assert all(leader_reward(e["completion"], e["answer"], e["kind"], strict_format=True) == 1.0 for e in data)
     log = [json.loads(line) for line in open(sft_dir / "training_log.jsonl")]
