@@ -14,18 +14,25 @@ MLPO (arXiv 2507.08960), as README.md summarises it:
     #              agent; G leader samples per prompt; reward 1 if the answer is right; advantage = reward -
     #              group mean (no std division, Dr. GRPO); token terms summed and divided by a constant (not
     #              by each completion's length, Dr. GRPO); PPO-style clipping; optional KL to the start model.
+    #   SFT first (the paper's main row, "SFT+MLPO"): synthetic backtracking examples -- the leader prompt with
+    #              one response per agent, and a completion that follows a wrong aggregation, notices the error
+    #              and backtracks to the right answer, written by the leader itself when asked with a wrong and
+    #              a right aggregation, kept only when it ends right -- and cross-entropy on the completion only.
 
 Run:
     python mlpo.py train --dataset arith --steps 20 --output checkpoints/leader-arith     # CPU, minutes
     python evaluate.py --dataset arith --methods leader,leader@checkpoints/leader-arith --limit 30
+    python mlpo.py sft --dataset arith --output checkpoints/leader-sft                    # then MLPO from it:
+    python mlpo.py train --init-from checkpoints/leader-sft --dataset arith --output checkpoints/leader-sft-mlpo
     python mlpo.py loss-demo                                  # the loss on a hand-made example
 
-A forker edits `mlpo_loss` (the objective), `leader_reward`, or the prompts.
+A forker edits `mlpo_loss` (the objective), `sft_loss`, `leader_reward`, or the prompts.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -136,6 +143,8 @@ class TrainConfig:
     preset: str = option("tiny", "tiny or paper: the team (see evaluate.py)")
     model: str | None = option(None, "one backbone for the team and the starting leader")
     leader: str | None = option(None, "the starting leader (default: the preset's)")
+    init_from: str | None = option(None, "start policy-gradient training from this checkpoint, e.g. the folder "
+                                         "`mlpo.py sft` saved (the starting leader, and the KL reference)")
     output: str = option("checkpoints/leader", "folder the trained leader is saved to (save_pretrained)")
     responses_per_agent: int = option(4, "[ours] offline pool: responses per agent per question")
     easy_threshold: float = option(0.75, "[ours] drop questions whose pool is correct at least this often")
@@ -151,6 +160,17 @@ class TrainConfig:
     strict_format: bool = option(False, "[ours] reward only a tagged <answer>")
     seed: int = option(0, "random seed (the pool, the prompts, the samples)")
     device: str | None = option(None, "cuda, cpu, ...")
+
+
+def check_config(config, *at_least_one: str) -> None:
+    """A one-line error for a bad training setting, before any model is loaded."""
+    if config.dataset not in ("arith", "gsm8k"):
+        raise SystemExit(f"error: train on arith or gsm8k (their training splits), not {config.dataset!r}")
+    if config.preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
 
 
 def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max_new_tokens: int, seed: int):
@@ -216,16 +236,20 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def train(config: TrainConfig) -> dict:
     """Build the pool, filter it, and run `steps` group-relative policy-gradient steps on the leader."""
-    if config.dataset not in ("arith", "gsm8k"):
-        raise SystemExit(f"error: train on arith or gsm8k (their training splits), not {config.dataset!r}")
-    if config.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
+    check_config(config, "questions", "responses_per_agent", "steps", "prompts_per_step", "group_size")
+    if config.init_from and config.leader:
+        raise SystemExit("error: --init-from and --leader both name the starting leader; give one")
+    if config.init_from and not os.path.isdir(config.init_from):
+        raise SystemExit(f"error: --init-from {config.init_from}: no such folder (give the folder `mlpo.py sft` "
+                         f"saved)")
     problems = load_problems(config.dataset, config.data_dir, config.questions, config.seed,
                              split="train")                                      # never a test split
     agents = make_agents(config.preset, config.model, config.device)
     # the leader is a private copy: training must not change the team's shared backbone
-    leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
-    reference = load_llm(leader.name, config.device, fresh=True) if config.kl_coef > 0 else None
+    start = config.init_from or config.leader or config.model or PRESETS[config.preset]["leader"]
+    print(f"starting leader: {start}")
+    leader = load_llm(start, config.device, fresh=True)
+    reference = load_llm(start, config.device, fresh=True) if config.kl_coef > 0 else None   # KL to the start
     pool = build_pool(agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
     os.makedirs(config.output, exist_ok=True)
     with open(os.path.join(config.output, "pool.jsonl"), "w") as f:   # what the leader was trained on
@@ -286,6 +310,194 @@ def train(config: TrainConfig) -> dict:
     return {"history": history, "kept": len(kept), "pool": len(pool)}
 
 
+# ---------------------------------------------------------------- SFT: synthetic backtracking data, then fine-tuning
+# [paper] The main row ("SFT+MLPO") first fine-tunes the leader on synthetic self-correction examples: the leader
+#         prompt with one response per agent, and a completion that goes down a wrong path, notices it and
+#         backtracks to the correct answer -- generated by prompting the leader with a correct and an incorrect
+#         aggregation, kept only when it ends right. The loss is on the completion's tokens only.
+# [ours]  Everything else: the pool responses that play the two aggregations, the request's wording, the template
+#         fallback, the extra keep rules, the loss's normalisation, the optimiser and its numbers.
+
+@dataclasses.dataclass
+class SFTConfig:
+    """python mlpo.py sft: fine-tune the leader on synthetic backtracking examples (run before train)."""
+    dataset: str = option("arith", "training data: arith (its train split) or gsm8k (its train file)")
+    data_dir: str | None = option(None, "folder with gsm8k/train.jsonl (else $ALIGN_DATA_DIR, else download)")
+    questions: int = option(64, "training questions to build the offline pool (and the examples) from")
+    preset: str = option("tiny", "tiny or paper: the team (see evaluate.py)")
+    model: str | None = option(None, "one backbone for the team and the starting leader")
+    leader: str | None = option(None, "the starting leader (default: the preset's)")
+    output: str = option("checkpoints/leader-sft", "folder for sft_data.jsonl, the log and the fine-tuned leader")
+    responses_per_agent: int = option(4, "[ours] offline pool: responses per agent per question")
+    max_new_tokens: int = option(96, "[ours] max new tokens of a pool response")
+    completion_source: str = option("model-then-template",
+                                    "[paper] model: the leader writes the completion, asked with a wrong and a right "
+                                    "aggregation; [ours] template: a fixed wrong-then-right text; model-then-template: "
+                                    "the template where no sampled completion was kept")
+    attempts: int = option(4, "[ours] completions sampled per question (the first kept one is used)")
+    temperature: float = option(0.7, "[ours] the leader's temperature when it writes completions")
+    completion_max_new_tokens: int = option(256, "[ours] max new tokens of a sampled completion")
+    require_wrong_path: bool = option(True, "[ours] keep a sampled completion only if it states the wrong answer "
+                                            "before its <answer>")
+    epochs: int = option(2, "[ours] passes over the examples")
+    batch_size: int = option(4, "[ours] examples per optimiser step")
+    learning_rate: float = option(1e-5, "[ours] AdamW learning rate")
+    max_grad_norm: float = option(1.0, "[ours] gradient clipping (global norm)")
+    seed: int = option(0, "random seed (the pool, the choice of responses, the samples, the order)")
+    device: str | None = option(None, "cuda, cpu, ...")
+
+
+COMPLETION_SOURCES = ("model", "template", "model-then-template")
+# [ours] The request that asks the leader for a backtracking completion, with a worked example (the one of
+# LEADER_TASK, gone wrong first). The reply is started with "<think>", as the leader's own prompt starts it.
+BACKTRACK_TASK = ("You lead a team of {k} assistants who answered a math problem.\n\nProblem: {question}\n\n{team}\n\n"
+                  "Here are two ways to combine their answers.\nWrong: {wrong}\nRight: {right}\n\n"
+                  "Reply as <think>your reasoning</think><answer>the final answer</answer>. In <think>, first follow "
+                  "the wrong way as if you believed it, then notice the mistake, write \"Wait,\", re-check, and "
+                  "follow the right way. The final answer is the right one.")
+EXAMPLE_BACKTRACK = ("<think>Assistant 2 adds: 12 + 5 = 17, so Mia has 17 pencils. Wait, Mia gives pencils away, so "
+                     "adding is wrong. Let me re-check: 12 - 5 = 7. Assistants 1 and 3 are right.</think>"
+                     "<answer>7</answer>")
+BACKTRACK_SENTENCE = "Wait, that is not right. Let me re-check the problem."   # [ours] the template's turn
+
+
+def choose_aggregations(entry: dict, rng: random.Random) -> dict | None:
+    """[ours] The team the leader is shown and the two aggregations, from one question's pool entry.
+
+    Wrong: an incorrect pool response, preferring one that states an answer (a path to follow); it is shown
+    as its agent's response. Right: a correct pool response, else "The answer is <reference>." The other
+    agents show a random response each. None when every response in the pool is correct.
+    """
+    kind, gold = entry["kind"], entry["answer"]
+    graded = [(i, r, extract_answer(r, kind)) for i, rs in enumerate(entry["responses"]) for r in rs]
+    wrong = [(i, r, a) for i, r, a in graded if not is_correct(a, gold, kind)]
+    if not wrong:
+        return None
+    wrong_agent, wrong_text, wrong_answer = rng.choice([w for w in wrong if w[2] is not None] or wrong)
+    right = [r for _, r, a in graded if is_correct(a, gold, kind)]
+    team = [wrong_text if i == wrong_agent else rng.choice(rs) for i, rs in enumerate(entry["responses"])]
+    return {"team": team, "wrong_agent": wrong_agent, "wrong": wrong_text, "wrong_answer": wrong_answer,
+            "right": rng.choice(right) if right else f"The answer is {gold}."}
+
+
+def backtrack_request(leader, question: str, choice: dict) -> str:
+    """[paper] The leader itself is asked for the completion, given a wrong and a right aggregation ([ours] wording)."""
+    def task(question, team, wrong, right):
+        return BACKTRACK_TASK.format(k=len(team), question=question, team=format_team(team),
+                                     wrong=wrong.strip(), right=right.strip())
+    example = (task(EXAMPLE_QUESTION, EXAMPLE_TEAM, EXAMPLE_TEAM[1], EXAMPLE_TEAM[0]), EXAMPLE_BACKTRACK)
+    return leader.chat(task(question, choice["team"], choice["wrong"], choice["right"]), examples=[example],
+                       assistant_prefix="<think>")
+
+
+def template_completion(wrong_agent: int, wrong: str, right: str, answer: str) -> str:
+    """[ours] The fallback completion: the wrong response, a fixed backtracking sentence, the right one."""
+    return (f"Following Assistant {wrong_agent + 1}: {wrong.strip()}\n{BACKTRACK_SENTENCE}\n{right.strip()}"
+            f"</think><answer>{answer}</answer>")
+
+
+def keep_completion(completion: str, gold: str, kind: str, wrong_answer: str | None, require_wrong_path: bool):
+    """[paper] Kept only when it ends right; [ours] in a tagged <answer>, after a sentence stating the wrong answer."""
+    thought = completion.rsplit("<answer>", 1)[0]
+    sentences = re.split(r"(?<=[.!?])\s+|\n", thought)
+    went_wrong = (not require_wrong_path or wrong_answer is None
+                  or any(is_correct(extract_answer(s, kind), wrong_answer, kind) for s in sentences))
+    return leader_reward(completion, gold, kind, strict_format=True) == 1.0 and went_wrong
+
+
+def build_sft_data(leader, pool: list[dict], config: SFTConfig) -> list[dict]:
+    """One backtracking example per usable question: the leader prompt, a kept completion, and its source."""
+    rng, examples = random.Random(config.seed), []
+    for n, entry in enumerate(tqdm(pool, desc="sft data", dynamic_ncols=True)):
+        choice = choose_aggregations(entry, rng)
+        if choice is None:
+            continue
+        kind, gold, candidates = entry["kind"], entry["answer"], []
+        if config.completion_source in ("model", "model-then-template"):
+            replies = leader.sample(backtrack_request(leader, entry["question"], choice), config.attempts,
+                                    temperature=config.temperature, max_new_tokens=config.completion_max_new_tokens,
+                                    stop=["</answer>"], seed=config.seed * 100003 + n)
+            candidates += [(r + ("</answer>" if "<answer>" in r else ""), "model") for r in replies]  # the stop back
+        if config.completion_source in ("template", "model-then-template"):
+            candidates.append((template_completion(choice["wrong_agent"], choice["wrong"], choice["right"], gold),
+                               "template"))
+        # the first candidate kept; the template holds the wrong response verbatim, so only the model's is checked
+        kept = next(((completion, source) for completion, source in candidates if keep_completion(
+            completion, gold, kind, choice["wrong_answer"], config.require_wrong_path and source == "model")), None)
+        if kept:
+            examples.append({"id": entry["id"], "prompt": leader_prompt(leader, entry["question"], choice["team"]),
+                             "completion": kept[0], "source": kept[1], "question": entry["question"],
+                             "answer": gold, "kind": kind, "team": choice["team"],
+                             "wrong_answer": choice["wrong_answer"]})
+    return examples
+
+
+def sft_loss(logprobs, mask):
+    """[paper] Next-token cross-entropy on the completion's tokens only: prompt and pad positions are masked out.
+
+    logprobs, mask: (B, L) per completion token (`completion_logprobs`). [ours] The mean over all completion
+    tokens of the batch, so a long completion weighs more than a short one (the usual SFT normalisation).
+    """
+    return -(logprobs * mask).sum() / mask.sum()
+
+
+def sft(config: SFTConfig) -> dict:
+    """Build the pool, make the backtracking examples, and fine-tune the leader on their completions."""
+    check_config(config, "questions", "responses_per_agent", "attempts", "epochs", "batch_size")
+    if config.completion_source not in COMPLETION_SOURCES:
+        raise SystemExit(f"error: --completion-source must be one of {', '.join(COMPLETION_SOURCES)}, "
+                         f"not {config.completion_source!r}")
+    problems = load_problems(config.dataset, config.data_dir, config.questions, config.seed,
+                             split="train")                                      # never a test split
+    agents = make_agents(config.preset, config.model, config.device)
+    leader = load_llm(config.leader or config.model or PRESETS[config.preset]["leader"], config.device, fresh=True)
+    pool = build_pool(agents, problems, config.responses_per_agent, config.max_new_tokens, config.seed)
+    leader.model.eval()
+    examples = build_sft_data(leader, pool, config)
+    os.makedirs(config.output, exist_ok=True)
+    for name, records in [("pool.jsonl", pool), ("sft_data.jsonl", examples)]:   # what the leader was tuned on
+        with open(os.path.join(config.output, name), "w") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+    sources = {s: sum(e["source"] == s for e in examples) for s in ("model", "template")}
+    print(f"sft data: {len(pool)} questions, {len(examples)} examples ({sources['model']} written by the leader, "
+          f"{sources['template']} from the template), {len(pool) - len(examples)} questions without one")
+    if not examples:
+        raise SystemExit("error: no backtracking example was kept; use more --questions, more --attempts, or "
+                         "--completion-source model-then-template")
+    # ALGO LOGIC: supervised fine-tuning, the loss on the completion's tokens only
+    encoded = [(leader.encode(e["prompt"]), leader.encode(e["completion"])) for e in examples]
+    optimizer = torch.optim.AdamW(leader.model.parameters(), lr=config.learning_rate)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    rng, history = random.Random(config.seed), []
+    log = open(os.path.join(config.output, "training_log.jsonl"), "w")   # one line per step, flushed
+    leader.model.train()
+    for step in (bar := tqdm(range(config.epochs * steps_per_epoch), desc="sft", dynamic_ncols=True)):
+        epoch, k = divmod(step, steps_per_epoch)
+        if k == 0:
+            order = rng.sample(range(len(encoded)), len(encoded))           # [ours] a new shuffle every epoch
+        batch = [encoded[i] for i in order[k * config.batch_size:(k + 1) * config.batch_size]]
+        logprobs, mask = completion_logprobs(leader.model, [p for p, _ in batch], [c for _, c in batch],
+                                             leader.pad_id)                # (B, L) each
+        loss = sft_loss(logprobs, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(leader.model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        history.append({"step": step, "epoch": epoch, "loss": loss.item(), "examples": len(batch),
+                        "completion_tokens": int(mask.sum().item()), "grad_norm": grad_norm.item()})
+        log.write(json.dumps(history[-1]) + "\n")
+        log.flush()
+        bar.write(f"step {step:3d}  epoch {epoch}  loss {loss.item():.4f}")
+    log.close()
+    leader.model.eval()
+    leader.model.save_pretrained(config.output)
+    leader.tokenizer.save_pretrained(config.output)
+    print(f"saved the fine-tuned leader to {config.output}; continue with:\n"
+          f"  python mlpo.py train --init-from {config.output} --dataset {config.dataset} "
+          f"--output {config.output.rstrip('/')}-mlpo")
+    return {"history": history, "examples": len(examples), "pool": len(pool), "sources": sources}
+
+
 def loss_demo():
     """The loss on a tiny hand-made batch, printed term by term."""
     new = torch.tensor([[-1.0, -0.5], [-2.0, 0.0]])
@@ -297,16 +509,19 @@ def loss_demo():
     print(f"loss = {mlpo_loss(new, old, advantages, mask, normalizer=4.0).item():.6f}")
 
 
+COMMANDS = {"sft": (SFTConfig, sft), "train": (TrainConfig, train)}
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "loss-demo":
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "loss-demo":
         loss_demo()
-    elif len(sys.argv) > 1 and sys.argv[1] == "train":
-        (train_config,) = parse_configs("python mlpo.py train: " + TrainConfig.__doc__, TrainConfig,
-                                        argv=sys.argv[2:])
-        print_config(train_config)
+    elif command in COMMANDS:
+        config_class, run = COMMANDS[command]
+        (config,) = parse_configs(config_class.__doc__, config_class, argv=sys.argv[2:])
+        print_config(config)
         try:
-            train(train_config)
+            run(config)
         except (DataError, ModelLoadError) as error:
             raise SystemExit(f"error: {error}") from None
     else:
-        raise SystemExit("usage: python mlpo.py train [--help] | python mlpo.py loss-demo")
+        raise SystemExit("usage: python mlpo.py sft [--help] | train [--help] | loss-demo")

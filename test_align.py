@@ -41,7 +41,8 @@ from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, 
 from evaluate import METHODS, Context, EvalConfig, parse_methods, read_records, run_methods, wilson_interval
 from hedge import Hedge, hedge_regret_bound
 from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
-from mlpo import completion_logprobs, drop_easy_questions, group_advantages, leader_answer, leader_reward, mlpo_loss
+from mlpo import (choose_aggregations, completion_logprobs, drop_easy_questions, group_advantages, keep_completion,
+                  leader_answer, leader_reward, mlpo_loss, sft_loss, template_completion)
 from principal import PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
 from utility import (Sample, answer_kind_of_target, canonical_answer, explicit_answer, extract_answer,
                      group_into_classes, is_correct, majority_answer, normalize_math, same_answer,
@@ -1159,6 +1160,111 @@ def test_mlpo_train_runs_and_saves_a_loadable_leader(tiny_model_dir, tmp_path):
     assert [h["step"] for h in log] == [0, 1] and all(0 <= h["reward"] <= 1 for h in log)
     trained = llm.load_llm(str(tmp_path / "leader"), device="cpu")
     assert trained.sample(trained.chat("hi"), 1, max_new_tokens=4) is not None
+
+
+# ---------------------------------------------------------------- mlpo.py sft (issue 12)
+
+def test_sft_loss_equals_a_hand_computation(tiny_llm):
+    logprobs = torch.tensor([[-9.0, -1.0, -2.0], [-0.5, -1.5, -3.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])        # row 0: a pad/prompt column, masked out
+    # by hand: -(-1 - 2 - 0.5 - 1.5 - 3) / 5 completion tokens = 1.6; the masked -9 contributes nothing
+    assert sft_loss(logprobs, mask).item() == pytest.approx(1.6)
+    # on the tiny model: the loss is minus the summed log-probability of the completions alone (the scoring
+    # path, which sums over the continuation's tokens only), per completion token
+    prompts = [tiny_llm.chat("Tom has 3 apples and buys 5 more.", assistant_prefix="<think>"), tiny_llm.chat("hi")]
+    completions = ["3 + 5 = 8.</think><answer>8</answer>", "<answer>7</answer>"]
+    with torch.no_grad():
+        logprobs, mask = completion_logprobs(tiny_llm.model, [tiny_llm.encode(p) for p in prompts],
+                                             [tiny_llm.encode(c) for c in completions], tiny_llm.pad_id)
+    tokens = sum(len(tiny_llm.encode(c)) for c in completions)
+    scores = [tiny_llm.score(p, [c])[0] for p, c in zip(prompts, completions)]
+    assert mask.sum().item() == tokens
+    assert sft_loss(logprobs, mask).item() == pytest.approx(-sum(scores) / tokens, abs=1e-3)
+
+
+def test_template_completion_goes_wrong_then_ends_in_the_reference_answer():
+    completion = template_completion(1, "12 + 5 = 17.\nThe answer is 17.", "12 - 5 = 7.\nThe answer is 7.", "7")
+    assert leader_answer(completion, strict_format=True) == "7"
+    assert leader_reward(completion, "7", strict_format=True) == 1.0
+    assert completion.index("17") < completion.index("Wait") < completion.index("<answer>")
+    assert keep_completion(completion, "7", "number", "17", require_wrong_path=True)
+    # the keep rule: right in a tagged answer ([paper] ends right), after stating the wrong answer ([ours])
+    assert not keep_completion("12 - 5 = 7.</think><answer>7</answer>", "7", "number", "17", True)  # never wrong
+    assert keep_completion("12 - 5 = 7.</think><answer>7</answer>", "7", "number", "17", False)
+    assert not keep_completion("So 17. Wait, no.</think><answer>17</answer>", "7", "number", "17", True)  # ends wrong
+    assert not keep_completion("So 17. Wait, it is 7.", "7", "number", "17", True)                      # no tag
+
+
+def test_choose_aggregations_shows_the_wrong_response_and_names_a_right_one():
+    entry = {"question": "q", "answer": "7", "kind": "number",
+             "responses": [["The answer is 7.", "It is 7."], ["I do not know.", "The answer is 17."],
+                           ["The answer is 7.", "The answer is 7."]]}
+    for seed in range(5):
+        choice = choose_aggregations(entry, random.Random(seed))
+        # a wrong response that states an answer is preferred to one that states none, and is shown in the team
+        assert (choice["wrong_agent"], choice["wrong"], choice["wrong_answer"]) == (1, "The answer is 17.", "17")
+        assert choice["team"][1] == choice["wrong"] and len(choice["team"]) == 3
+        assert choice["right"] in ("The answer is 7.", "It is 7.")
+    nobody_right = {**entry, "responses": [["The answer is 17."], ["The answer is 8."], ["no idea"]]}
+    assert choose_aggregations(nobody_right, random.Random(0))["right"] == "The answer is 7."   # the reference
+    everybody_right = {**entry, "responses": [["The answer is 7."]] * 3}
+    assert choose_aggregations(everybody_right, random.Random(0)) is None                     # no wrong path
+
+
+def test_one_sft_step_raises_the_completion_log_probability(tiny_model_dir):
+    leader = llm.load_llm(tiny_model_dir, device="cpu", fresh=True)   # a private copy: we train it
+    prompt = leader.encode(leader.chat("Tom has 3 apples and buys 5 more.", assistant_prefix="<think>"))
+    completion = leader.encode(template_completion(0, "3 - 5 = -2.", "3 + 5 = 8.", "8"))
+    with torch.no_grad():
+        before, _ = completion_logprobs(leader.model, [prompt], [completion], leader.pad_id)
+    optimizer = torch.optim.AdamW(leader.model.parameters(), lr=1e-3)
+    leader.model.train()
+    logprobs, mask = completion_logprobs(leader.model, [prompt], [completion], leader.pad_id)
+    sft_loss(logprobs, mask).backward()
+    optimizer.step()
+    leader.model.eval()
+    with torch.no_grad():
+        after, _ = completion_logprobs(leader.model, [prompt], [completion], leader.pad_id)
+    assert after.sum() > before.sum()                                # the completion is likelier
+
+
+def test_mlpo_sft_saves_a_leader_that_train_init_from_continues(tiny_model_dir, tmp_path):
+    sft_dir = tmp_path / "sft"
+    out = run_cli("mlpo.py", "sft", "--model", tiny_model_dir, "--questions", "3", "--responses-per-agent", "2",
+                  "--max-new-tokens", "8", "--attempts", "1", "--completion-max-new-tokens", "8", "--epochs", "2",
+                  "--batch-size", "2", "--learning-rate", "1e-3", "--output", str(sft_dir), "--device", "cpu")
+    assert "saved the fine-tuned leader" in out and f"--init-from {sft_dir}" in out
+    data = [json.loads(line) for line in open(sft_dir / "sft_data.jsonl")]
+    assert len(open(sft_dir / "pool.jsonl").readlines()) == 3
+    assert data and all(e["source"] in ("model", "template") and e["prompt"].endswith("<think>") for e in data)
+    assert all(leader_reward(e["completion"], e["answer"], e["kind"], strict_format=True) == 1.0 for e in data)
+    log = [json.loads(line) for line in open(sft_dir / "training_log.jsonl")]
+    assert [h["step"] for h in log] == list(range(2 * math.ceil(len(data) / 2)))    # one line per step
+    assert all(h["completion_tokens"] > 0 and math.isfinite(h["loss"]) for h in log)
+    tuned, start = llm.load_llm(str(sft_dir), device="cpu", fresh=True), llm.load_llm(tiny_model_dir, device="cpu")
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.model.parameters(), start.model.parameters()))
+    out = run_cli("mlpo.py", "train", "--init-from", str(sft_dir), "--model", tiny_model_dir, "--questions", "2",
+                  "--steps", "1", "--group-size", "2", "--max-new-tokens", "8", "--responses-per-agent", "2",
+                  "--easy-threshold", "1.01", "--kl-coef", "0.1", "--output", str(tmp_path / "mlpo"), "--device", "cpu")
+    assert f"starting leader: {sft_dir}" in out and "saved the trained leader" in out
+    trained = llm.load_llm(str(tmp_path / "mlpo"), device="cpu")
+    assert trained.sample(trained.chat("hi"), 1, max_new_tokens=4) is not None
+
+
+def test_mlpo_sft_help_and_bad_input_get_one_line(tiny_model_dir, tmp_path):
+    assert "--completion-source" in run_cli("mlpo.py", "sft", "--help")          # no model is loaded for --help
+    tiny = ["--model", tiny_model_dir, "--device", "cpu", "--questions", "2", "--responses-per-agent", "1",
+            "--max-new-tokens", "4", "--attempts", "1", "--completion-max-new-tokens", "4"]
+    cases = [(["sft", "--epochs", "0"], "--epochs"), (["sft", "--questions", "0"], "--questions"),
+             (["sft", "--batch-size", "0"], "--batch-size"), (["sft", "--completion-source", "both"], "one of"),
+             (["train", "--steps", "0"], "--steps"), (["train", "--init-from", str(tmp_path / "no")], "folder"),
+             (["sft", "--completion-source", "model", *tiny], "no backtracking example")]   # the random model
+    for args, says in cases:
+        bad = subprocess.run([sys.executable, "mlpo.py", *args, "--output", str(tmp_path / "out")], cwd=HERE,
+                             capture_output=True, text=True, timeout=600)
+        last = bad.stderr.strip().splitlines()[-1]
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, (args, bad.stderr[-2000:])
+        assert last.startswith("error: ") and says in last, (args, last)
 
 
 def test_the_embedded_gguf_model_saves_and_reloads(tmp_path):
