@@ -10,26 +10,29 @@ ALIGN, "Aligned Delegation with Performance Guarantees for Multi-Agent LLM Reaso
     4-6. rounds      agents submit a ~ pi^i, the principal's ranking gives feedback r, Hedge updates pi^i
     7. final pick    the principal's top class among the agents' final submissions
     8. diagnostics   regret against the Hedge bound (Theorem 2), Nash gap (Theorem 3), Pareto compliance
+                     beside its chance level, the share of best responses the rule makes Pareto-dominated
 
 Steps 4-8 need no model: `play_delegation_game` takes each agent's classes with their utilities and the
-principal's ranking. The synthetic games at the bottom use it to check the theorems.
+principal's ranking. The synthetic games of theory.py use it to check the theorems.
 
 Run:
     python align.py --question "Ava has 5 apples and buys 7 more. How many apples does she have?"
-    python align.py --simulate            # synthetic games: Theorems 1-3 with printed figures
+    python align.py --simulate            # synthetic games (theory.py): Theorems 1-3 with printed figures
 
-A forker tries a new delegation rule in the block marked `# DELEGATION RULE:`; the game and its
-diagnostics (the regret bound included) follow from it.
+A forker tries a new delegation rule in the block marked `# DELEGATION RULE:` (registered by name in
+DELEGATION_RULES, chosen with --rule); the game and its diagnostics (the regret bound included) follow from it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
+import runpy
 from typing import Callable
 
 import numpy as np
 
-from hedge import Hedge, hedge_regret_bound, tuned_learning_rate
+from hedge import Hedge, hedge_regret_bound
 from llm import PRESETS, ModelLoadError, derive_seed, load_llm, option, parse_configs, print_config
 from mcts import SearchConfig, make_agents, search
 from principal import PrincipalOrder, plackett_luce_order, rank_classes, select_final
@@ -41,9 +44,20 @@ class GameConfig:
     """The delegation game (ALIGN steps 3-7)."""
     eta: float = option(0.1, "[paper] Hedge learning rate")
     max_rounds: int = option(20, "[paper] at most this many rounds")
-    tolerance: float = option(1e-3, "[ours] stop when every policy moved less than this (L1) in a round")
+    rule: str = option("product", "delegation rule (the DELEGATION RULE block): product ([paper] u = U*r) or "
+                                  "product01 ([ours] u = U*(1+r)/2, feedback in [0, 1])")
+    stopping: str = option("argmax", "[ours] stop early: argmax (every agent's most likely class unchanged for "
+                                     "--patience rounds), l1 (every policy moved less than --tolerance), none")
+    patience: int = option(3, "[ours] argmax stopping: rounds the most likely classes must stay the same")
+    tolerance: float = option(1e-3, "[ours] l1 stopping: the L1 move below which a policy counts as still")
     principal_mode: str = option("score", "[ours] principal's order: score (verification P(Yes)) or listwise")
     principal_tau: float = option(0.0, "[ours] Plackett-Luce temperature of each round's ranking (0: fixed)")
+
+    def __post_init__(self):
+        if self.rule not in DELEGATION_RULES:
+            raise ValueError(f"unknown delegation rule {self.rule!r}; choose one of {sorted(DELEGATION_RULES)}")
+        if self.stopping not in STOPPING_RULES:
+            raise ValueError(f"unknown stopping rule {self.stopping!r}; choose one of {STOPPING_RULES}")
 
 
 # ================================================================ the pipeline, one question
@@ -139,10 +153,20 @@ PRODUCT = DelegationRule(
     utility=lambda U, r: U * r,   # [paper] "internal preference x ranking feedback"
     utility_range=2.0,            # U in [0, 1], r in [-1, 1]  =>  u in [-1, 1]
 )
-DELEGATION_RULE = PRODUCT
+# [ours] With r < 0 the product rewards a *lower* U: behind another agent's top submission, a class of
+# U 0.6 at rank 2 earns -0.6 and a class of U 0.4 at rank 3 earns -0.4, so the Pareto-dominated class is the
+# best response, against Assumption 1(i). Mapping the feedback to [0, 1] makes u non-decreasing in U and
+# in rank, so some Pareto-optimal class is always a best response.
+PRODUCT01 = DelegationRule(
+    "product01",
+    feedback=linear_rank_feedback,
+    utility=lambda U, r: U * (1 + r) / 2,
+    utility_range=1.0,            # U in [0, 1], (1 + r) / 2 in [0, 1]  =>  u in [0, 1]
+)
+DELEGATION_RULES = {rule.name: rule for rule in (PRODUCT, PRODUCT01)}   # GameConfig.rule picks one by name
 
 
-def rank_feedback(submitted: list, ranking: list, rule: DelegationRule = DELEGATION_RULE) -> dict:
+def rank_feedback(submitted: list, ranking: list, rule: DelegationRule = PRODUCT) -> dict:
     """r for each distinct submitted class, by its rank among the submissions in the principal's `ranking`.
 
     `submitted` holds pool indices (agents that submitted the same class share its rank); `ranking` is
@@ -154,7 +178,7 @@ def rank_feedback(submitted: list, ranking: list, rule: DelegationRule = DELEGAT
 
 
 def counterfactual_utilities(player: Player, others_submitted: list, ranking: list,
-                             rule: DelegationRule = DELEGATION_RULE) -> np.ndarray:
+                             rule: DelegationRule = PRODUCT) -> np.ndarray:
     """u(a) for every action a of the player: what a would have earned against the others' submissions.
 
     [ours] Full information: the principal's order covers every class, so no extra model call is needed.
@@ -182,14 +206,17 @@ def delegate(pool: Pool, order: PrincipalOrder | None, config: GameConfig, seed:
 
 
 def play_delegation_game(players: list, ranking_for_round: Callable[[int], list], base_ranking: list,
-                         config: GameConfig, seed: int = 0, rule: DelegationRule = DELEGATION_RULE) -> dict:
+                         config: GameConfig, seed: int = 0, learner_class=Hedge) -> dict:
     """Rounds of submission, ranking and Hedge updates; the record of the game with its diagnostics.
 
     players: agents with at least one class. ranking_for_round(t): the principal's order of all pool
-    indices in round t (best first). base_ranking: its deterministic order (final pick, Nash gap).
+    indices in round t (best first). base_ranking: its deterministic order (the final pick, the
+    noise-free Nash gap).
+    learner_class: Hedge, or anything with its interface (the tests put impostors here).
     """
+    rule = DELEGATION_RULES[config.rule]
     # [paper] policies start uniform; Hedge = online mirror descent with the entropy regulariser (hedge.py)
-    learners = [Hedge(len(p.actions), config.eta, seed=seed * 7919 + i) for i, p in enumerate(players)]
+    learners = [learner_class(len(p.actions), config.eta, seed=seed * 7919 + i) for i, p in enumerate(players)]
     rounds, converged = [], False
     for t in range(config.max_rounds):                                       # [paper] at most T = 20 rounds
         ranking = ranking_for_round(t)
@@ -202,13 +229,18 @@ def play_delegation_game(players: list, ranking_for_round: Callable[[int], list]
             u = counterfactual_utilities(player, submitted[:i] + submitted[i + 1:], ranking, rule)
             learner.update(u)                                                # 6. Hedge step
             utilities.append(u)
-        moved = [float(np.abs(learner.policy() - b).sum()) for learner, b in zip(learners, before)]
+        after = [learner.policy() for learner in learners]
         rounds.append({"submitted": submitted, "ranking": ranking,
                        "feedback": rank_feedback(submitted, ranking, rule),
                        "utilities": [u.round(4).tolist() for u in utilities],
-                       "policies": [b.round(4).tolist() for b in before], "moved": moved,
-                       "pareto": [is_pareto_optimal(p, c, ranking) for p, c in zip(players, choices)]})
-        if max(moved) < config.tolerance:                                    # [ours] stop: no policy moved
+                       "policies": [b.round(4).tolist() for b in before],
+                       "moved": [float(np.abs(a - b).sum()) for a, b in zip(after, before)],
+                       "most_likely": [int(np.argmax(a)) for a in after],
+                       "pareto": [is_pareto_optimal(p, c, ranking) for p, c in zip(players, choices)],
+                       "pareto_chance": [pareto_share(p, ranking) for p in players],
+                       "dominated": [best_response_is_dominated(p, u, ranking)
+                                     for p, u in zip(players, utilities) if len(p.actions) > 1]})
+        if should_stop(rounds, players, config):                             # [ours] stopping rule, below
             converged = True
             break
     # 7. [paper] each agent's final submission is the argmax of its policy; the principal picks among them
@@ -219,20 +251,48 @@ def play_delegation_game(players: list, ranking_for_round: Callable[[int], list]
     bounds = [hedge_regret_bound(T, learner.num_actions, config.eta, rule.utility_range)
               if learner.num_actions > 1 else 0.0 for learner in learners]
     averages = [learner.average_policy() for learner in learners]
-    pareto = [ok for r in rounds for ok in r["pareto"]]
+    # Theorem 3 on the game whose payoff averages the rankings drawn (tau > 0: a noisy principal), and on the
+    # noise-free order alone (the same figure when tau = 0)
+    drawn = [r["ranking"] for r in rounds]
+    gap = nash_gap(players, averages, drawn, rule)
+    noise_free = gap if all(r == base_ranking for r in drawn) else nash_gap(players, averages, [base_ranking], rule)
+    flat = lambda key: [x for r in rounds for x in r[key]]                  # noqa: E731
     return {
         "final_submissions": final_submissions,
         "final": select_final(final_submissions, base_ranking),
         "rounds": rounds,
         "final_policies": [learner.policy().round(4).tolist() for learner in learners],
+        "average_policies": [p.round(4).tolist() for p in averages],
         "diagnostics": {
             "rounds": T, "converged": converged,
             "regret": regrets, "regret_bound": bounds,                         # Theorem 2
             "regret_ratio": float(np.mean([r / b if b > 0 else 0.0 for r, b in zip(regrets, bounds)])),
-            "nash_gap": nash_gap(players, averages, base_ranking, rule),       # Theorem 3
-            "pareto": float(np.mean(pareto)) if pareto else 1.0,               # Assumption 1(i)
+            "nash_gap": gap, "nash_gap_noise_free": noise_free,                # Theorem 3
+            "pareto": float(np.mean(flat("pareto"))),                          # Assumption 1(i) ...
+            "pareto_chance": float(np.mean(flat("pareto_chance"))),            # ... and its chance level
+            "dominated": float(np.mean(flat("dominated"))) if flat("dominated") else 0.0,
         },
     }
+
+
+# [ours] When to stop before max_rounds. The paper says "stop early at convergence" and no more.
+#   argmax  every agent's most likely class has stayed the same over the last `patience` rounds (the final
+#           answer reads only these classes, so more rounds would not change it unless a leader flips);
+#   l1      every policy moved less than `tolerance` in L1 in the last round. At eta = 0.1 a two-class policy
+#           first moves less than 1e-3 near round 31 even at the largest utility gap: never within T = 20;
+#   none    always play max_rounds rounds (the fixed horizon of Theorems 2 and 3).
+STOPPING_RULES = ("argmax", "l1", "none")
+
+
+def should_stop(rounds: list, players: list, config: GameConfig) -> bool:
+    if all(len(p.actions) == 1 for p in players):                # [ours] nobody has a choice: one round decides
+        return True
+    if config.stopping == "argmax":
+        recent = [r["most_likely"] for r in rounds[-config.patience:]]
+        return len(recent) == config.patience and all(m == recent[0] for m in recent)
+    if config.stopping == "l1":
+        return max(rounds[-1]["moved"]) < config.tolerance
+    return False
 
 
 def is_pareto_optimal(player: Player, choice: int, ranking: list) -> bool:
@@ -244,93 +304,48 @@ def is_pareto_optimal(player: Player, choice: int, ranking: list) -> bool:
                    for k, b in enumerate(player.actions))
 
 
-def expected_utilities(players: list, policies: list, i: int, ranking: list,
-                       rule: DelegationRule = DELEGATION_RULE) -> np.ndarray:
-    """E[u^i(a)] for each action a of agent i when the others play their (mixed) policies independently.
+def pareto_share(player: Player, ranking: list) -> float:
+    """The chance level of Pareto compliance: the share of the agent's classes that are Pareto-optimal, i.e.
+    the compliance of a uniformly random submission on the same pool."""
+    return float(np.mean([is_pareto_optimal(player, k, ranking) for k in range(len(player.actions))]))
 
-    Exact: enumerates the others' joint submissions (a few classes each, a few agents).
+
+def best_response_is_dominated(player: Player, utilities: np.ndarray, ranking: list) -> bool:
+    """Every class that maximises this round's u is Pareto-dominated: the rule makes dominated play the best
+    response (breaking Assumption 1(i) by construction, not by the agents' learning)."""
+    best = np.flatnonzero(utilities >= utilities.max() - 1e-12)
+    return not any(is_pareto_optimal(player, k, ranking) for k in best)
+
+
+def expected_utilities(players: list, policies: list, i: int, rankings: list,
+                       rule: DelegationRule = PRODUCT) -> np.ndarray:
+    """E[u^i(a)] for each action a of agent i when the others play their (mixed) policies independently and
+    the ranking is drawn uniformly from `rankings` (one ranking: the noise-free principal).
+
+    Exact: enumerates the distinct rankings and the others' joint submissions (a few classes each, a few agents).
     """
     others = [j for j in range(len(players)) if j != i]
     values = np.zeros(len(players[i].actions))
-    for joint in itertools.product(*[range(len(players[j].actions)) for j in others]):
-        probability = np.prod([policies[j][c] for j, c in zip(others, joint)])
-        if probability == 0:
-            continue
-        submitted = [players[j].actions[c] for j, c in zip(others, joint)]
-        values += probability * counterfactual_utilities(players[i], submitted, ranking, rule)
+    for ranking, count in collections.Counter(tuple(r) for r in rankings).items():
+        weight = count / len(rankings)
+        for joint in itertools.product(*[range(len(players[j].actions)) for j in others]):
+            probability = weight * np.prod([policies[j][c] for j, c in zip(others, joint)])
+            if probability == 0:
+                continue
+            submitted = [players[j].actions[c] for j, c in zip(others, joint)]
+            values += probability * counterfactual_utilities(players[i], submitted, list(ranking), rule)
     return values
 
 
-def nash_gap(players: list, policies: list, ranking: list, rule: DelegationRule = DELEGATION_RULE) -> float:
+def nash_gap(players: list, policies: list, rankings: list, rule: DelegationRule = PRODUCT) -> float:
     """The largest gain any agent gets by deviating unilaterally from the profile `policies` (0 at a Nash
-    equilibrium). Theorem 3: for the average policies it shrinks as T grows."""
+    equilibrium), in the game whose ranking is drawn from `rankings`: an agent submits before the ranking is
+    drawn, so it deviates against the average. Theorem 3: for the average policies it shrinks as T grows."""
     gaps = []
     for i in range(len(players)):
-        values = expected_utilities(players, policies, i, ranking, rule)
+        values = expected_utilities(players, policies, i, rankings, rule)
         gaps.append(float(values.max() - policies[i] @ values))
     return max(gaps) if gaps else 0.0
-
-
-# ================================================================ synthetic games (the theory checks)
-
-def synthetic_question(rng: np.random.Generator, correlation: float, num_agents: int = 3, pool_size: int = 6):
-    """[ours] A question with no LLM: who can find what, how sure each agent is, and what the principal thinks.
-
-    Class 0 is the correct answer. Each agent finds 2-4 classes at random; its self-consistency U favours
-    the correct class (agents are better than chance). The principal scores each class as
-    correlation * correct + Gaussian noise: correlation > 0 is a principal aligned with correctness (and so
-    with the agents, Assumption 1(iii)); correlation < 0 an adversarial one.
-    """
-    players = []
-    for i in range(num_agents):
-        found = rng.choice(pool_size, size=rng.integers(2, 5), replace=False)
-        weights = rng.dirichlet(np.ones(len(found))) + 0.6 * (found == 0)
-        players.append(Player(f"agent-{i}", [int(a) for a in found], weights / weights.sum()))
-    scores = correlation * (np.arange(pool_size) == 0) + rng.normal(0, 0.5, pool_size)
-    ranking = [int(k) for k in np.argsort(-scores, kind="stable")]
-    return players, ranking
-
-
-def simulate(num_games: int, correlation: float, rounds: int, eta: float | None = None, seed: int = 0,
-             tolerance: float = 0.0) -> dict:
-    """Seeded synthetic games: ALIGN's accuracy against a single agent's, regret, bound, Nash gap.
-
-    eta=None tunes eta to the horizon (the O(sqrt T) regime of Theorem 2); the single agent answers with
-    its own most self-consistent class.
-    """
-    rng = np.random.default_rng(seed)
-    align_correct, single_correct, regret, bound, gaps, over_bound = [], [], [], [], [], 0
-    for g in range(num_games):
-        players, ranking = synthetic_question(rng, correlation)
-        step = eta if eta is not None else tuned_learning_rate(rounds, max(len(p.actions) for p in players),
-                                                               DELEGATION_RULE.utility_range)
-        config = GameConfig(eta=step, max_rounds=rounds, tolerance=tolerance)
-        game = play_delegation_game(players, lambda t: ranking, ranking, config, seed=seed * 100003 + g)
-        d = game["diagnostics"]
-        align_correct.append(game["final"] == 0)
-        single_correct.append(np.mean([p.actions[int(np.argmax(p.utility))] == 0 for p in players]))
-        regret.append(np.mean(d["regret"]))
-        bound.append(np.mean(d["regret_bound"]))
-        over_bound += sum(r > b + 1e-9 for r, b in zip(d["regret"], d["regret_bound"]))
-        gaps.append(d["nash_gap"])
-    return {"align_accuracy": float(np.mean(align_correct)), "single_accuracy": float(np.mean(single_correct)),
-            "regret": float(np.mean(regret)), "regret_bound": float(np.mean(bound)),
-            "regret_per_round": float(np.mean(regret)) / rounds, "nash_gap": float(np.mean(gaps)),
-            "regret_over_bound": int(over_bound)}
-
-
-def print_theory_checks(num_games: int = 300, seed: int = 0) -> None:
-    print("Theorem 2 and 3 (eta tuned to T, correlation +1):")
-    print(f"  {'T':>5} {'regret':>8} {'bound':>8} {'regret/T':>9} {'Nash gap':>9} {'over bound':>11}")
-    for T in (10, 40, 160):
-        s = simulate(num_games, 1.0, T, seed=seed)
-        print(f"  {T:>5} {s['regret']:>8.3f} {s['regret_bound']:>8.3f} {s['regret_per_round']:>9.4f} "
-              f"{s['nash_gap']:>9.4f} {s['regret_over_bound']:>11d}")
-    print("Theorem 1 (eta = 0.1, T = 20): ALIGN against a single agent, by principal-agent correlation:")
-    for correlation in (1.0, 0.5, 0.0, -0.5, -1.0):
-        s = simulate(num_games, correlation, 20, eta=0.1, seed=seed)
-        print(f"  correlation {correlation:+.1f}: ALIGN {s['align_accuracy']:.3f}  single agent "
-              f"{s['single_accuracy']:.3f}")
 
 
 # ================================================================ command line
@@ -344,7 +359,7 @@ class SolveConfig:
     model: str | None = option(None, "one backbone for every agent and the principal")
     seed: int = option(0, "random seed")
     device: str | None = option(None, "cuda, cpu, ...")
-    simulate: bool = option(False, "run the synthetic theory checks instead (no model)")
+    simulate: bool = option(False, "run the synthetic theory checks of theory.py instead (no model)")
 
 
 def print_game(record: dict, answers: list) -> None:
@@ -356,15 +371,16 @@ def print_game(record: dict, answers: list) -> None:
     print(f"  final submissions {[answers[a] for a in record['final_submissions']]} -> answer {record['prediction']!r}")
     print(f"  rounds {d['rounds']} (converged: {d['converged']}), regret {np.round(d['regret'], 3).tolist()} "
           f"<= bound {np.round(d['regret_bound'], 2).tolist()}, Nash gap {d['nash_gap']:.4f}, "
-          f"Pareto compliance {d['pareto']:.2f}")
+          f"Pareto compliance {d['pareto']:.2f} (chance {d['pareto_chance']:.2f}), "
+          f"dominated best responses {d['dominated']:.2f}")
 
 
 def main(argv=None) -> None:
     solve_config, search_config, game_config = parse_configs(__doc__.split("\n\n")[0], SolveConfig,
                                                              SearchConfig, GameConfig, argv=argv)
     print_config(solve_config, search_config, game_config)
-    if solve_config.simulate:
-        print_theory_checks()
+    if solve_config.simulate:                    # theory.py imports this file, so it is run, not imported
+        runpy.run_module("theory", run_name="__main__")
         return
     if solve_config.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {solve_config.preset!r}; choose one of {sorted(PRESETS)}.")

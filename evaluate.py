@@ -331,7 +331,7 @@ def summarize(records: list[dict], methods: list[str]) -> str:
     header = (f"{'method':<{width}} {'n':>5} {'accuracy':>9} {'95% CI':>15} {'calls/q':>8} {'prompt tok/q':>12} "
               f"{'gen tok/q':>10} {'sec/q':>7}")
     diagnostic_columns = [("regret/bound", "regret_ratio"), ("Nash gap", "nash_gap"), ("Pareto", "pareto"),
-                          ("rounds", "rounds")]
+                          ("chance level", "pareto_chance"), ("dominated BR", "dominated"), ("rounds", "rounds")]
     if any("diagnostics" in r for r in records):
         header += "".join(f" {name:>12}" for name, _ in diagnostic_columns)
     lines = [header, "-" * len(header)]

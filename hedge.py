@@ -85,6 +85,17 @@ def tuned_learning_rate(rounds: int, num_actions: int, utility_range: float = 2.
     return math.sqrt(8 * math.log(max(num_actions, 2)) / (rounds * utility_range ** 2))
 
 
+def adversarial_regret(learner, rounds: int, utility_range: float = 2.0) -> float:
+    """The learner's regret against an adaptive adversary: each round, the action it is most likely to play
+    gets the lowest utility and every other action the highest. The bound above holds for any sequence of
+    utilities, this one included; a learner that commits to one action (follow-the-leader) loses every round."""
+    for _ in range(rounds):
+        utilities = np.full(learner.num_actions, utility_range / 2)
+        utilities[int(np.argmax(learner.policy()))] = -utility_range / 2
+        learner.update(utilities)
+    return learner.regret()
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     means = np.array([0.2, 0.5, -0.3])  # action 1 is best on average
