@@ -325,16 +325,61 @@ def drop_partial_last_line(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def principal_correlations(rows: list[dict]) -> dict:
+    """What the principal knew, measured after grading: nothing here flows back into a method.
+
+    [ours] For one record with a `pool` (principal, align), over its pooled classes:
+      - the principal's score of each class (the record's `pool`);
+      - the class's correctness, 1 if its answer is the gold answer (`is_correct` without a kind, i.e.
+        `same_answer`; records keep no kind), else 0;
+      - the agents' utility of the class: the mean over all the record's agents of U^i(class), with U^i = 0
+        for an agent that did not find it (the mean, not the max: a class every agent found counts for more
+        than one a single agent found, as in the pooled vote).
+    Pearson's correlation of the scores with each, per problem, then averaged over the problems where it is
+    defined. It is undefined on a problem with fewer than two classes, constant scores or a constant other
+    side (no class right, or every class right): such a problem says nothing about whether the principal's
+    order tracks the quantity, and is left out. Per problem, not pooled over problems, because the principal's
+    order acts within a problem only: pooling would credit a principal whose scores merely run higher on the
+    problems that happen to be easy. It is also the x-axis of `python align.py --study`.
+    Returns {"correct": (mean or None, problems used), "agents": (mean or None, problems used)}.
+    """
+    def pearson(x: list, y: list):
+        if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:      # exact test for constants: no NaN, no warning
+            return None
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+        return sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+    per_problem = {"correct": [], "agents": []}
+    for r in rows:
+        pool, agents = r.get("pool") or [], r.get("agents") or []
+        scores = [c["score"] for c in pool]
+        correct = [float(is_correct(c["answer"], r["gold"])) for c in pool]   # reads the gold: after grading
+        utility = [sum(next((k["utility"] for k in a["classes"] if is_correct(k["answer"], c["answer"])), 0.0)
+                       for a in agents) / max(len(agents), 1) for c in pool]  # is_correct without kind = same_answer
+        for key, other in (("correct", correct), ("agents", utility)):
+            value = pearson(scores, other)
+            if value is not None:
+                per_problem[key].append(value)
+    return {key: (sum(v) / len(v) if v else None, len(v)) for key, v in per_problem.items()}
+
+
 def summarize(records: list[dict], methods: list[str]) -> str:
-    """The table: accuracy with a 95% interval and cost per question, one row per method."""
+    """The table: accuracy with a 95% interval and cost per question, one row per method; for methods with a
+    principal, how its scores correlated with correctness and with the agents' utilities (`principal_correlations`)."""
     width = max([len(m) for m in methods] + [6])
     header = (f"{'method':<{width}} {'n':>5} {'accuracy':>9} {'95% CI':>15} {'calls/q':>8} {'prompt tok/q':>12} "
               f"{'gen tok/q':>10} {'sec/q':>7}")
+    correlation_columns = ("corr(P,correct)", "corr(P,agents)")
     diagnostic_columns = [("regret/bound", "regret_ratio"), ("Nash gap", "nash_gap"), ("Pareto", "pareto"),
                           ("chance level", "pareto_chance"), ("dominated BR", "dominated"), ("rounds", "rounds")]
-    if any("diagnostics" in r for r in records):
+    shown = [r for r in records if r["method"] in methods]
+    with_pool = any(r.get("pool") for r in shown)
+    if with_pool:
+        header += "".join(f" {name:>15}" for name in correlation_columns)
+    if any("diagnostics" in r for r in shown):
         header += "".join(f" {name:>12}" for name, _ in diagnostic_columns)
-    lines = [header, "-" * len(header)]
+    lines, used = [header, "-" * len(header)], []
     for method in methods:
         rows = [r for r in records if r["method"] == method]
         if not rows:
@@ -345,11 +390,23 @@ def summarize(records: list[dict], methods: list[str]) -> str:
         line = (f"{method:<{width}} {n:>5} {correct / n:>9.1%} {f'[{low:.1%}, {high:.1%}]':>15} "
                 f"{mean('calls'):>8.1f} {mean('prompt_tokens'):>12.0f} {mean('generated_tokens'):>10.0f} "
                 f"{mean('seconds'):>7.1f}")
+        if with_pool:
+            if any(r.get("pool") for r in rows):
+                correlations = principal_correlations(rows)
+                line += "".join(f" {'n/a' if value is None else f'{value:+.2f}':>15}"
+                                for value, _ in correlations.values())
+                used.append(f"{method} {correlations['correct'][1]} and {correlations['agents'][1]}")
+            else:
+                line += " " * 16 * len(correlation_columns)
         diagnostics = [r["diagnostics"] for r in rows if r.get("diagnostics")]
-        if diagnostics:
-            line += "".join(f" {sum(d[key] for d in diagnostics) / len(diagnostics):>12.3f}"
-                            for _, key in diagnostic_columns)
-        lines.append(line)
+        for _, key in diagnostic_columns if diagnostics else ():
+            values = [d[key] for d in diagnostics if key in d]       # records of older runs lack some keys
+            line += f" {sum(values) / len(values):>12.3f}" if values else f" {'n/a':>12}"
+        lines.append(line.rstrip())
+    if used:
+        lines.append("(corr(P,correct), corr(P,agents): per problem, Pearson's correlation of the principal's scores "
+                     "of the pooled classes with their correctness\n and with the agents' mean utility, averaged over "
+                     f"the problems where it is defined; problems used: {'; '.join(used)})")
     if {m.partition("@")[0] for m in methods} & {"vote", "principal", "align"}:
         lines.append("(for scale: the ALIGN paper reports 73-103 model calls and 52K-264K tokens per question)")
     return "\n".join(lines)
