@@ -18,6 +18,7 @@ principal's ranking. The synthetic games of theory.py use it to check the theore
 Run:
     python align.py --question "Ava has 5 apples and buys 7 more. How many apples does she have?"
     python align.py --simulate            # synthetic games (theory.py): Theorems 1-3 with printed figures
+    python align.py --study RECORDS.jsonl # ORACLE STUDY (theory.py): a run's pools, simulated principals
 
 A forker tries a new delegation rule in the block marked `# DELEGATION RULE:` (registered by name in
 DELEGATION_RULES, chosen with --rule); the game and its diagnostics (the regret bound included) follow from it.
@@ -360,6 +361,8 @@ class SolveConfig:
     seed: int = option(0, "random seed")
     device: str | None = option(None, "cuda, cpu, ...")
     simulate: bool = option(False, "run the synthetic theory checks of theory.py instead (no model)")
+    study: str | None = option(None, "ORACLE STUDY (theory.py, no model): replay this evaluate.py records file with "
+                                     "simulated principals that read the gold answers; no method sees them")
 
 
 def print_game(record: dict, answers: list) -> None:
@@ -379,8 +382,12 @@ def main(argv=None) -> None:
     solve_config, search_config, game_config = parse_configs(__doc__.split("\n\n")[0], SolveConfig,
                                                              SearchConfig, GameConfig, argv=argv)
     print_config(solve_config, search_config, game_config)
-    if solve_config.simulate:                    # theory.py imports this file, so it is run, not imported
-        runpy.run_module("theory", run_name="__main__")
+    if solve_config.simulate or solve_config.study:   # theory.py imports this file, so it is run, not imported
+        theory = runpy.run_module("theory", alter_sys=True)
+        if solve_config.study:                         # the oracle study, under this command's game configuration
+            theory["print_study"](solve_config.study, game_config)
+        else:
+            theory["print_theory_checks"]()
         return
     if solve_config.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {solve_config.preset!r}; choose one of {sorted(PRESETS)}.")

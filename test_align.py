@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -39,13 +40,15 @@ import llm
 from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_dominated, counterfactual_utilities,
                    delegate, expected_utilities, nash_gap, pareto_share, play_delegation_game, rank_feedback)
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
-from evaluate import METHODS, Context, EvalConfig, parse_methods, read_records, run_methods, wilson_interval
+from evaluate import (METHODS, Context, EvalConfig, parse_methods, principal_correlations, read_records, run_methods,
+                      summarize, wilson_interval)
 from hedge import Hedge, adversarial_regret, hedge_regret_bound, softmax, tuned_learning_rate
 from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
 from mlpo import (choose_aggregations, completion_logprobs, drop_easy_questions, group_advantages, keep_completion,
                   leader_answer, leader_reward, mlpo_loss, sft_loss, template_completion)
 from principal import PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
-from theory import simulate, synthetic_question, theorem1_margin
+from theory import (STUDY_LEVELS, break_even, principal_quality_study, replay_game, replay_problems, simulate,
+                    synthetic_question, theorem1_margin)
 from utility import (Sample, answer_kind_of_target, canonical_answer, explicit_answer, extract_answer,
                      group_into_classes, is_correct, majority_answer, normalize_math, same_answer,
                      self_consistency_utility)
@@ -1207,6 +1210,119 @@ def test_the_theory_checks_reject_impostors():
     assert not leader["theorem2"]
     assert not last["theorem2"] and not last["theorem3"]
 
+
+
+# ---------------------------------------------------------------- what the principal knew; the oracle study
+
+def agents_of(*agents) -> list:
+    """Records' `agents` field from {answer: (utility, count)} per agent."""
+    return [{"agent": f"agent-{i}", "solutions": sum(n for _, n in classes.values()),
+             "classes": [{"answer": a, "utility": u, "count": n} for a, (u, n) in classes.items()]}
+            for i, classes in enumerate(agents)]
+
+
+def test_principal_correlation_columns_against_hand_computed_values():
+    """Per problem Pearson over the pooled classes, averaged where defined; n/a, and no warning, where not."""
+    def record(problem_id, method, gold, pool, agents):
+        return {"problem_id": problem_id, "method": method, "gold": gold, "correct": False, "calls": 1,
+                "prompt_tokens": 1, "generated_tokens": 1, "seconds": 0.0, "agents": agents,
+                "pool": [{"answer": a, "score": s} for a, s in pool]}
+    records = [
+        # scores (.9, .5, .1), correctness (1, 0, 0): deviations (.4, 0, -.4) and (2, -1, -1)/3 -> sqrt(3)/2.
+        # agents' mean U: "4" (.6 + .6)/2 = .6, "5" .4/2 = .2, "6" .4/2 = .2: the same shape -> sqrt(3)/2
+        record("p1", "principal", "4", [("4", .9), ("5", .5), ("6", .1)],
+               agents_of({"4": (.6, 6), "5": (.4, 4)}, {"4": (.6, 6), "6": (.4, 4)})),
+        # two classes: scores (.2, .8), correctness (1, 0) -> -1; mean U ("1" .35, "2" .65) -> +1
+        record("p2", "principal", "1", [("1", .2), ("2", .8)], agents_of({"1": (.7, 7), "2": (.3, 3)},
+                                                                         {"2": (1.0, 10)})),
+        # no class right: corr with correctness undefined; mean U ("3" .25, "8" .75) with scores (.4, .6) -> +1
+        record("p3", "principal", "9", [("3", .4), ("8", .6)], agents_of({"3": (.5, 5), "8": (.5, 5)},
+                                                                         {"8": (1.0, 10)})),
+        # a single class: both undefined
+        record("p4", "principal", "7", [("7", .5)], agents_of({"7": (1.0, 3)})),
+        record("p4", "align", "7", [("7", .5)], agents_of({"7": (1.0, 3)})),
+        {**record("p1", "cot", "4", [], []), "pool": None},
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a constant side must give None, not a NaN warning
+        correlations = principal_correlations([r for r in records if r["method"] == "principal"])
+        table = summarize(records, ["cot", "principal", "align"])
+    print(table)
+    (correct, n_correct), (agents, n_agents) = correlations["correct"], correlations["agents"]
+    assert n_correct == 2 and correct == pytest.approx((math.sqrt(3) / 2 - 1) / 2)          # -0.067
+    assert n_agents == 3 and agents == pytest.approx((math.sqrt(3) / 2 + 1 + 1) / 3)         # +0.955
+    assert principal_correlations([r for r in records if r["method"] == "align"]) == \
+        {"correct": (None, 0), "agents": (None, 0)}
+    rows = {line.split()[0]: line for line in table.splitlines()}
+    assert rows["principal"].split()[-2:] == ["-0.07", "+0.96"]
+    assert rows["align"].split()[-2:] == ["n/a", "n/a"]
+    assert "corr(P,correct)" in table and "n/a" not in rows["cot"] and "problems used: principal 2 and 3" in table
+
+
+def study_records() -> list:
+    """Four problems for the oracle study, built by hand."""
+    def record(problem_id, gold, agents, method="align"):
+        return {"problem_id": problem_id, "method": method, "gold": gold, "prediction": None, "agents": agents}
+    return [
+        # every agent's most self-consistent class is the right one ("6.0" and "6" merge, as in pool_classes)
+        record("hit", "6", agents_of({"6": (.6, 6), "4": (.4, 4)}, {"6.0": (.7, 7), "8": (.3, 3)})),
+        # the right class "6" is found only by agent 0, at U = .1. At c = +1 the wrong classes tie below it, in pool
+        # order "7" > "5"; against agent 1's "5", agent 0's "7" ranks first (u = .9 * 1) and beats "6" (u = .1 * 1),
+        # so no final submission is "6": the game does not deliver the principal's top class
+        record("miss", "6", agents_of({"7": (.9, 9), "6": (.1, 1)}, {"5": (1.0, 5)})),
+        record("not in pool", "3", agents_of({"1": (.5, 5), "2": (.5, 5)}, {"2": (1.0, 4)})),
+        record("empty", "3", agents_of({}, {})),
+        {**record("hit", "6", agents_of({"6": (.6, 6), "4": (.4, 4)}, {"6.0": (.7, 7), "8": (.3, 3)}), "vote"),
+         "prediction": "6"},
+    ]
+
+
+def test_oracle_study_at_correlation_plus_and_minus_one():
+    """c = +1: the principal's pick is right wherever the right answer is in the pool; ALIGN is right exactly when
+    some agent's final submission is the right class -- not guaranteed by the game ("miss"). c = -1: the principal
+    never picks the right class when a wrong one is in the pool; ALIGN never delivers it when a wrong class is
+    among the final submissions (it can when every agent ends on the right class)."""
+    problems, skipped = replay_problems(study_records())
+    assert skipped == ["empty"] and [p.problem_id for p in problems] == ["hit", "miss", "not in pool"]
+    hit = problems[0]
+    assert hit.pool.answers == ["6", "4", "8"] and hit.counts.tolist() == [13, 4, 3]
+    assert hit.correct.tolist() == [True, False, False] and hit.agents_utility == pytest.approx([.65, .2, .15])
+    config = GameConfig()
+    for problem in problems:
+        for draw in range(5):
+            right = replay_game(problem, 1.0, draw, config)
+            delivered, finals = right["delivered"], right["final_submissions"]
+            assert problem.correct[delivered["principal"]] == problem.correct.any()
+            assert problem.correct[delivered["ALIGN"]] == problem.correct[finals].any()
+            assert problem.correct[delivered["ALIGN"]] == (problem.problem_id == "hit")
+            wrong = replay_game(problem, -1.0, draw, config)
+            delivered, finals = wrong["delivered"], wrong["final_submissions"]
+            assert not problem.correct[delivered["principal"]]          # every pool here has a wrong class
+            if not problem.correct[finals].all():
+                assert not problem.correct[delivered["ALIGN"]]
+    results = principal_quality_study(problems, (-1.0, 1.0), draws=5, config=config)
+    top = results[1.0]
+    assert top["accuracy"]["principal"] == pytest.approx(2 / 3) and top["accuracy"]["ALIGN"] == pytest.approx(1 / 3)
+    assert top["missed"] == 0.5 and top["corr correct"] == pytest.approx(1.0)
+    assert results[-1.0]["accuracy"]["principal"] == 0 and results[-1.0]["corr correct"] == pytest.approx(-1.0)
+    assert top["accuracy"]["vote"] == top["accuracy"]["single agent"] == pytest.approx(1 / 3)
+
+
+def test_break_even_is_the_lowest_level_where_align_beats_vote_strictly():
+    def levels(*pairs):
+        return {c: {"accuracy": {"ALIGN": a, "vote": v}} for c, (a, v) in zip(STUDY_LEVELS, pairs)}
+    assert break_even(levels((.1, .5), (.5, .5), (.6, .5), (.4, .5))) == -0.5       # the tie at -0.75 does not count
+    assert break_even(levels((.5, .5), (.4, .5))) is None
+
+
+def test_the_study_runs_from_both_command_lines(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in study_records()))
+    for command in (["align.py", "--study", str(path)], ["theory.py", "--study", str(path)]):
+        out = run_cli(*command, timeout=120)
+        assert "ORACLE STUDY: the simulated principal reads the gold answers; no method sees them" in out
+        assert "3 problems replayed, 1 skipped (empty pool)" in out and "vote as recorded 1/1" in out
+        assert out.strip().splitlines()[-1] == "break-even principal correlation: 0.50"
 
 def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
     output = tmp_path / "game.jsonl"

@@ -13,6 +13,12 @@ set directly. The game itself is align.py's `play_delegation_game`, unchanged.
 
 Run (seeded, about a minute on one core):
     python theory.py                 # the same as: python align.py --simulate
+    python theory.py --study RECORDS.jsonl   # the same as: python align.py --study RECORDS.jsonl
+
+The second command is an ORACLE STUDY (`print_study`, at the end of this file): it replays the candidate pools
+saved in an evaluate.py run with simulated principals whose scores correlate with correctness at set levels, to
+find how well a principal must know the truth for ALIGN to beat the pooled vote. The simulated principal reads
+the gold answers; no method sees them.
 
 It prints Theorem 1 on the principal's utility, with accuracy beside it (outside the theorem); the game's
 diagnostics per delegation rule and per stopping rule; Theorems 2 and 3 at the paper's eta = 0.1, T = 20 and
@@ -21,15 +27,20 @@ Theorem 1's smallest margin over the non-negative correlations.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
+import json
 import math
+import types
+import zlib
 
 import numpy as np
 
-from align import DELEGATION_RULES, GameConfig, Player, play_delegation_game
+from align import DELEGATION_RULES, GameConfig, Player, Pool, play_delegation_game, pool_classes
 from hedge import Hedge, adversarial_regret, hedge_regret_bound, softmax, tuned_learning_rate
 from principal import PrincipalOrder, plackett_luce_order, select_final
+from utility import AnswerClass, Sample, is_correct
 
 CORRELATIONS = (1.0, 0.5, 0.0, -0.5, -1.0)
 
@@ -207,5 +218,219 @@ def print_theory_checks(num_games: int = 300, seed: int = 0) -> float:
     return margin
 
 
+# ================================================================ ORACLE STUDY: when does delegation pay?
+# ORACLE STUDY: the simulated principal reads the gold answers; no method sees them. Everything below replays a
+# finished run's records: the agents' answer classes and utilities as they were found, a principal of known
+# quality put in place of the real one. No model runs, and nothing here reaches evaluate.py's methods.
+
+STUDY_LEVELS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+REPLAYED_METHODS = ("align", "principal", "vote")  # their records carry every agent's classes (one search serves all)
+STUDY_METHODS = ("ALIGN", "vote", "principal", "single agent", "no game")
+
+
+@dataclasses.dataclass
+class ReplayedProblem:
+    """One problem of a run, rebuilt from its records."""
+    problem_id: str
+    pool: Pool                  # the pooled classes and the agents as Players, made by align.pool_classes
+    counts: np.ndarray          # samples in each pooled class, all agents together
+    solutions: int              # every agent's samples, answerless ones included
+    correct: np.ndarray         # ORACLE: each pooled class graded against the gold answer
+    agents_utility: np.ndarray  # the agents' mean U of each class, 0 for an agent that did not find it
+    recorded: dict              # what the run recorded, to check the replay: its pool's answers, vote's answer
+
+    @property
+    def pooled_utility(self) -> np.ndarray:   # self-consistency of all the samples together (theory's single agent)
+        return self.counts / max(self.solutions, 1)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """A run's records (as evaluate.read_records: a line cut short by a kill is dropped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as error:
+        raise SystemExit(f"error: cannot read the records: {error}") from None
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return records
+
+
+def replay_problems(records: list[dict]) -> tuple[list, list]:
+    """Each problem's candidate pool from its align record (else its principal or vote record).
+
+    Records keep each agent's classes with their utility and count -- all the game needs. They keep no traces,
+    and a simulated principal needs none: the representatives are placeholders. Returns the problems with a
+    non-empty pool, and the ids of those skipped (no agent reached an answer).
+    """
+    chosen, recorded = {}, collections.defaultdict(dict)
+    for r in records:
+        method = r["method"].partition("@")[0]
+        if method not in REPLAYED_METHODS or not r.get("agents"):
+            continue
+        if r["problem_id"] not in chosen or method == "align":
+            chosen[r["problem_id"]] = r
+        if r.get("pool"):
+            recorded[r["problem_id"]]["pool"] = [c["answer"] for c in r["pool"]]
+        if r["method"] == "vote":
+            recorded[r["problem_id"]]["vote"] = r["prediction"]
+    problems, skipped = [], []
+    for problem_id, r in chosen.items():
+        searches = [types.SimpleNamespace(agent=a["agent"], classes=[   # pool_classes reads .agent and .classes
+            AnswerClass(c["answer"], [Sample(c["answer"], "")] * c["count"], c["utility"]) for c in a["classes"]])
+            for a in r["agents"]]
+        pool = pool_classes(searches)                                 # merged by same_answer, as in the run
+        if not pool.answers:
+            skipped.append(problem_id)
+            continue
+        counts, agents_utility = np.zeros(len(pool.answers)), np.zeros(len(pool.answers))
+        for search, player in zip(searches, pool.players):
+            counts[player.actions] += [len(c.samples) for c in search.classes]
+            agents_utility[player.actions] += player.utility
+        correct = np.array([is_correct(a, r["gold"]) for a in pool.answers])       # ORACLE: reads the gold
+        problems.append(ReplayedProblem(problem_id, pool, counts, sum(a["solutions"] for a in r["agents"]), correct,
+                                        agents_utility / len(pool.players), dict(recorded[problem_id])))
+    return problems, skipped
+
+
+def oracle_scores(correct: np.ndarray, correlation: float, noise: np.ndarray) -> np.ndarray:
+    """ORACLE. [ours] The simulated principal's score of each pooled class: s = c z + sqrt(1 - c^2) e, with z the
+    classes' correctness standardised within the problem (mean 0, variance 1; z = 0 when every class is right or
+    every class is wrong) and e ~ N(0, 1) independent. Over the noise corr(s, correctness) = c; on a problem's few
+    classes the sample correlation scatters around it, and the study prints it as measured."""
+    y = correct.astype(float)
+    z = (y - y.mean()) / y.std() if y.std() > 0 else np.zeros_like(y)
+    return correlation * z + math.sqrt(max(0.0, 1 - correlation ** 2)) * noise
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson's correlation; None where undefined (fewer than 2 points, or a side constant): no NaN, no warning.
+    With evaluate.py's `principal_correlations`, the same definition: per problem, then averaged."""
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def replay_game(problem: ReplayedProblem, correlation: float, draw: int, config: GameConfig, seed: int = 0) -> dict:
+    """One draw of the simulated principal on one problem, and the class each method delivers.
+
+    Common random numbers: the noise e and the game's seed depend on (seed, draw, problem), not on the level,
+    so between levels only c changes and the curve is smooth.
+    """
+    index = zlib.crc32(str(problem.problem_id).encode())              # a stable number per problem
+    rng = np.random.default_rng([seed, draw, index])
+    scores = oracle_scores(problem.correct, correlation, rng.normal(size=len(problem.correct)))
+    ranking = [int(k) for k in np.argsort(-scores, kind="stable")]
+    order = PrincipalOrder(problem.pool.answers, scores.tolist(), ranking)
+    playing = [p for p in problem.pool.players if p.actions]
+    game = play_delegation_game(playing, lambda t: plackett_luce_order(order, config.principal_tau, rng), ranking,
+                                config, seed=seed * 100003 + draw * 1009 + index)
+    delivered = {
+        "ALIGN": game["final"],
+        "vote": int(np.argmax(problem.counts)),       # the pooled majority; ties: the earliest class, as in evaluate
+        "principal": ranking[0],                      # the principal's own pick: its top class of the pool
+        # [ours] Theorem 1's equal-access single agent, as in `delivered_classes`: the highest self-consistency of
+        # all the samples together. It is the pooled vote by definition; printed to keep the theorem's comparison.
+        "single agent": int(np.argmax(problem.pooled_utility)),
+        "no game": select_final([p.actions[int(np.argmax(p.utility))] for p in playing], ranking),
+    }
+    return {"scores": scores, "ranking": ranking, "delivered": delivered,
+            "final_submissions": game["final_submissions"]}
+
+
+def principal_quality_study(problems: list, levels=STUDY_LEVELS, draws: int = 20, config: GameConfig | None = None,
+                            seed: int = 0) -> dict:
+    """ORACLE (the scores read the gold). Per level c: each method's accuracy and principal utility, averaged over
+    problems and draws; the correlations measured; how often ALIGN delivers a class the principal scores highest,
+    and how often the right class is in the pool but in no agent's final submission."""
+    config = config or GameConfig()
+    results = {}
+    for c in levels:
+        tally = collections.defaultdict(list)
+        for draw in range(draws):
+            for problem in problems:
+                game = replay_game(problem, c, draw, config, seed)
+                for method, k in game["delivered"].items():
+                    tally["accuracy", method].append(problem.correct[k])
+                    tally["utility", method].append(game["scores"][k])
+                scores = game["scores"]                 # "top": a class the principal scores highest (ties count)
+                tally["top delivered"].append(scores[game["delivered"]["ALIGN"]] == scores.max())
+                if problem.correct.any():
+                    tally["missed"].append(not problem.correct[game["final_submissions"]].any())
+                for key, other in (("corr correct", problem.correct), ("corr agents", problem.agents_utility)):
+                    value = pearson(game["scores"], other.astype(float))
+                    if value is not None:
+                        tally[key].append(value)
+        mean = lambda key: float(np.mean(tally[key])) if tally[key] else None    # noqa: E731
+        results[c] = {"accuracy": {m: mean(("accuracy", m)) for m in STUDY_METHODS},
+                      "principal_utility": {m: mean(("utility", m)) for m in STUDY_METHODS},
+                      **{key: mean(key) for key in ("corr correct", "corr agents", "top delivered", "missed")}}
+    return results
+
+
+def break_even(results: dict) -> float | None:
+    """The lowest level at which ALIGN's accuracy is strictly above vote's; a tie does not count. None: never."""
+    return next((c for c in sorted(results) if results[c]["accuracy"]["ALIGN"] > results[c]["accuracy"]["vote"]),
+                None)
+
+
+def print_study(path: str, config: GameConfig | None = None, draws: int = 20, seed: int = 0) -> float | None:
+    """ORACLE STUDY: the simulated principal reads the gold answers; no method sees them.
+
+    Replays the pools of the run in `path` (records of evaluate.py) at every level of STUDY_LEVELS and prints each
+    method's accuracy and principal utility, then the break-even line; returns the break-even level (None: none).
+    """
+    config = config or GameConfig()
+    problems, skipped = replay_problems(read_jsonl(path))
+    fmt = lambda x, spec="+.2f": "n/a" if x is None else format(x, spec)    # noqa: E731
+    print("ORACLE STUDY: the simulated principal reads the gold answers; no method sees them.")
+    # the replay checked against the run: the same pooled classes, the same pooled vote
+    pools = [p.recorded["pool"] == p.pool.answers for p in problems if "pool" in p.recorded]
+    votes = [p.recorded["vote"] == p.pool.answers[int(np.argmax(p.counts))] for p in problems if "vote" in p.recorded]
+    print(f"{path}: {len(problems)} problems replayed, {len(skipped)} skipped (empty pool); the right answer is in "
+          f"the pool on {sum(p.correct.any() for p in problems)}. Replay checks: pool as recorded "
+          f"{sum(pools)}/{len(pools)}, vote as recorded {sum(votes)}/{len(votes)}.")
+    print(f"Simulated principal: s = c z(correct) + sqrt(1 - c^2) e; {draws} draws per level, seed {seed}. Game: eta "
+          f"{config.eta}, T <= {config.max_rounds}, rule {config.rule}, stopping {config.stopping} "
+          f"(patience {config.patience}), tau {config.principal_tau}")
+    if not problems:
+        print("break-even principal correlation: none")
+        return None
+    results = principal_quality_study(problems, STUDY_LEVELS, draws, config, seed)
+    columns = "".join(f" {m:>10}" for m in ("ALIGN", "vote", "principal", "single", "no game"))
+    print("\nAccuracy (the delivered class is right)")
+    print(f"  {'corr set':>8} {'measured':>8} {'P~agents':>8}{columns} {'top deliv.':>10} {'missed':>8}")
+    for c, s in results.items():
+        print(f"  {c:>+8.2f} {fmt(s['corr correct']):>8} {fmt(s['corr agents']):>8}"
+              + "".join(f" {s['accuracy'][m]:>10.3f}" for m in STUDY_METHODS)
+              + f" {fmt(s['top delivered'], '.3f'):>10} {fmt(s['missed'], '.3f'):>8}")
+    print("\nThe principal's utility (its score of the delivered class)")
+    print(f"  {'corr set':>8}{columns} {'margin':>8}")
+    for c, s in results.items():
+        u = s["principal_utility"]
+        print(f"  {c:>+8.2f}" + "".join(f" {u[m]:>10.3f}" for m in STUDY_METHODS)
+              + f" {u['ALIGN'] - u['single agent']:>+8.3f}")
+    print("  (measured: corr(s, correctness) and P~agents: corr(s, the agents' mean U), per problem, averaged where "
+          "defined, as in evaluate.py's table;\n   principal: its own top class of the pool; single: Theorem 1's "
+          "equal-access agent, the pooled self-consistency, which is the pooled vote;\n   no game: each agent "
+          "submits its most self-consistent class once; top deliv.: ALIGN delivered a class the principal scores highest;\n"
+          "   missed: the right class was in the pool but in no agent's final submission; margin: ALIGN - single)")
+    level = break_even(results)
+    print("\nBreak-even: the lowest level at which ALIGN's accuracy is above vote's (equal accuracy does not count).")
+    print(f"break-even principal correlation: {'none' if level is None else f'{level:.2f}'}")
+    return level
+
+
 if __name__ == "__main__":
-    print_theory_checks()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", metavar="RECORDS.jsonl", help="ORACLE STUDY: replay the records of an evaluate.py "
+                        "run with simulated principals of known quality (reads the gold answers)")
+    arguments = parser.parse_args()
+    if arguments.study:
+        print_study(arguments.study)
+    else:
+        print_theory_checks()
