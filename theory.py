@@ -417,8 +417,9 @@ def print_study(path: str, config: GameConfig | None = None, draws: int = 20, se
     print("  (measured: corr(s, correctness) and P~agents: corr(s, the agents' mean U), per problem, averaged where "
           "defined, as in evaluate.py's table;\n   principal: its own top class of the pool; single: Theorem 1's "
           "equal-access agent, the pooled self-consistency, which is the pooled vote;\n   no game: each agent "
-          "submits its most self-consistent class once; top deliv.: ALIGN delivered a class the principal scores highest;\n"
-          "   missed: the right class was in the pool but in no agent's final submission; margin: ALIGN - single)")
+          "submits its most self-consistent class once; top deliv.: ALIGN delivered a class the principal scores "
+          "highest;\n   missed: the right class was in the pool but in no agent's final submission; "
+          "margin: ALIGN - single)")
     level = break_even(results)
     print("\nBreak-even: the lowest level at which ALIGN's accuracy is above vote's (equal accuracy does not count).")
     print(f"break-even principal correlation: {'none' if level is None else f'{level:.2f}'}")
