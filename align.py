@@ -33,10 +33,11 @@ from typing import Callable
 
 import numpy as np
 
+from engine import run_programs
 from hedge import Hedge, hedge_regret_bound
 from llm import PRESETS, ModelLoadError, derive_seed, load_llm, option, parse_configs, print_config
-from mcts import SearchConfig, make_agents, search
-from principal import PrincipalOrder, plackett_luce_order, rank_classes, select_final
+from mcts import SearchConfig, make_agents, search_all
+from principal import PrincipalOrder, plackett_luce_order, rank_program, select_final
 from utility import same_answer
 
 
@@ -51,7 +52,10 @@ class GameConfig:
                                      "--patience rounds), l1 (every policy moved less than --tolerance), none")
     patience: int = option(3, "[ours] argmax stopping: rounds the most likely classes must stay the same")
     tolerance: float = option(1e-3, "[ours] l1 stopping: the L1 move below which a policy counts as still")
-    principal_mode: str = option("score", "[ours] principal's order: score (verification P(Yes)) or listwise")
+    principal_mode: str = option("score", "[ours] principal's order (principal.py): score (its P(Yes) that a "
+                                          "solution is right), listwise, consistency or likelihood")
+    principal_samples: int = option(8, "[ours] consistency mode: the principal's own sampled solutions")
+    principal_temperature: float = option(0.7, "[ours] consistency mode: their temperature")
     principal_tau: float = option(0.0, "[ours] Plackett-Luce temperature of each round's ranking (0: fixed)")
 
     def __post_init__(self):
@@ -70,15 +74,17 @@ def solve(question: str, kind: str, agents: list, principal, search_config: Sear
     seeds = [derive_seed(seed, "search", i) for i in range(len(agents))]
     searches = candidates(agents, question, kind, search_config, seeds, examples)  # 1. [paper] MCTS per agent
     pool = pool_classes(searches)                                             # 2. [paper] U^i(a) per class
-    order = principal_order(principal, question, pool, game_config.principal_mode,
+    order = principal_order(principal, question, kind, pool, game_config,
                             derive_seed(seed, "principal"))                   # 3. the principal's order
     return delegate(pool, order, game_config, derive_seed(seed, "align"))     # 4-8. the game
 
 
 def candidates(agents: list, question: str, kind: str, config: SearchConfig, seeds: list,
-               examples: list | None = None) -> list:
-    """Step 1. [paper] Each agent generates candidate answers with MCTS (16 rollouts, depth 5)."""
-    return [search(agent, question, kind, config, seed, examples) for agent, seed in zip(agents, seeds)]
+               examples: list | None = None, engine: bool = True) -> list:
+    """Step 1. [paper] Each agent generates candidate answers with MCTS (16 rollouts, depth 5).
+    [ours] The agents' searches run in lockstep (engine.py), sharing the prompt where their backbone is shared."""
+    return search_all([(agent, question, kind, seed, examples) for agent, seed in zip(agents, seeds)], config,
+                      arenas=[question] * len(agents), engine=engine)
 
 
 @dataclasses.dataclass
@@ -120,11 +126,18 @@ def pool_classes(searches: list) -> Pool:
     return Pool(answers, representatives, players)
 
 
-def principal_order(principal, question: str, pool: Pool, mode: str, seed: int) -> PrincipalOrder | None:
+def principal_order(principal, question: str, kind: str, pool: Pool, config: GameConfig, seed: int,
+                    engine: bool = True) -> PrincipalOrder | None:
     """Step 3. [ours] The principal orders the pooled classes once per question (None: an empty pool)."""
-    if not pool.answers:
-        return None
-    return rank_classes(principal, question, pool.answers, [r.trace for r in pool.representatives], mode, seed)
+    (order,) = run_programs([principal_order_program(principal, question, kind, pool, config, seed)],
+                            engine=engine and hasattr(principal, "model"))
+    return order
+
+
+def principal_order_program(principal, question: str, kind: str, pool: Pool, config: GameConfig, seed: int):
+    """Step 3 as a program (engine.py), so many questions' orders can be computed in lockstep."""
+    return rank_program(principal, question, kind, pool.answers, [r.trace for r in pool.representatives],
+                        config.principal_mode, seed, config.principal_samples, config.principal_temperature)
 
 
 # ================================================================ DELEGATION RULE
@@ -403,7 +416,7 @@ def main(argv=None) -> None:
     for result in searches:
         print(f"{result.agent}: " + ", ".join(f"{c.answer!r} (U={c.utility:.2f})" for c in result.classes))
     pool = pool_classes(searches)
-    order = principal_order(principal, solve_config.question, pool, game_config.principal_mode,
+    order = principal_order(principal, solve_config.question, solve_config.kind, pool, game_config,
                             derive_seed(seed, "principal"))
     if order is not None:
         print("principal's order: " + " > ".join(f"{pool.answers[k]!r} ({order.scores[k]:.2f})"

@@ -25,25 +25,32 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
 from tqdm import tqdm
 
-from align import GameConfig, candidates, delegate, pool_classes, principal_order
+from align import GameConfig, delegate, pool_classes, principal_order_program
 from data import DataError, DATASETS, load_problems
-from llm import (PRESETS, ModelLoadError, add_costs, billing, derive_seed, load_llm, option, parse_configs,
+from llm import (PRESETS, ModelLoadError, add_costs, cuda_available, derive_seed, load_llm, option, parse_configs,
                  print_config, spent)
-from mcts import SearchConfig, make_agents
-from mlpo import LeaderConfig, lead
+from engine import Request, run_programs
+from mcts import SearchConfig, make_agents, search_all
+from mlpo import LeaderConfig, lead_program
 from utility import Sample, extract_answer, is_correct, majority_answer
 
+# [ours] problems run together by default, chosen by measurement (README, "Speed"): on a 2-core CPU larger
+# batches gain little and cost memory; a GPU wants many sequences per forward.
+BATCH_SIZE = {"cpu": 8, "cuda": 32}
 
 @dataclasses.dataclass
 class EvalConfig:
     """python evaluate.py: run methods on a dataset and print the accuracy and cost table."""
-    dataset: str = option("gsm8k", f"one of {sorted(DATASETS)}")
-    methods: str = option("cot,sc", "comma-separated methods, run on the same problems")
+    dataset: str = option("gsm8k", f"one of {sorted(DATASETS)} (bbh:TASK or mmlu:SUBJECT picks some)")
+    methods: str = option("cot,sc,mcts,vote,principal,align",
+                          "comma-separated methods, run on the same problems (the paper's comparison by default; "
+                          "also leader, leader-solo, NAME@MODEL)")
     preset: str = option("tiny", "tiny (embedded model, CPU) or paper (the paper's models, GPU)")
     limit: int | None = option(None, "evaluate only the first N problems")
     seed: int = option(0, "seed of every random choice (and of the arith problems)")
@@ -56,6 +63,10 @@ class EvalConfig:
     leader: str | None = option(None, "the leader's backbone, e.g. a folder saved by `mlpo.py train`")
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
     dtype: str | None = option(None, "float32, bfloat16 (default: bf16 on cuda, fp32 on cpu)")
+    batch_size: int | None = option(None, "problems run together, every method in lockstep (default: "
+                                          f"{BATCH_SIZE['cpu']} on a CPU, {BATCH_SIZE['cuda']} on a GPU)")
+    engine: bool = option(True, "run the models through the lockstep engine (engine.py); --no-engine: the "
+                                "reference path, one program at a time through LLM.generate")
     max_new_tokens: int = option(256, "[ours] max new tokens of a cot / sc solution")
     sc_samples: int = option(8, "[ours] sampled chains for self-consistency")
     sc_temperature: float = option(0.7, "[ours] temperature of the self-consistency chains")
@@ -78,18 +89,25 @@ class SharedWork:
         self.used = collections.defaultdict(set)    # problem id -> keys of the shared work used by this method
         self.seconds_computing = 0.0                 # wall time spent computing shared work in this method
 
-    def get(self, problem_id: str, key: tuple, compute):
-        """The shared result `key` of a problem, computing it (under its own account) the first time."""
-        full_key = (problem_id, *key)
-        if full_key not in self.results:
+    def get(self, keys: list, compute, used: list | None = None) -> list:
+        """The shared results `keys` (each a tuple starting with a problem id), computing the missing ones in
+        one go: `compute(missing keys)` returns their results, each billed to its key's account. The method
+        is charged for `used` (default: all of `keys`)."""
+        missing = [key for key in keys if key not in self.results]
+        if missing:
             start = time.perf_counter()
-            with billing(full_key):
-                self.results[full_key] = compute()
-            seconds = time.perf_counter() - start
-            self.costs[full_key] = {**spent(full_key, forget=True), "seconds": seconds}
-            self.seconds_computing += seconds
-        self.used[problem_id].add(full_key)
-        return self.results[full_key]
+            for key, result in zip(missing, compute(missing)):
+                self.results[key] = result
+            wall = time.perf_counter() - start
+            costs = {key: spent(key, forget=True) for key in missing}
+            model_seconds = sum(cost["seconds"] for cost in costs.values())
+            for key, cost in costs.items():   # the wall time, shared by the time each spent in the models
+                share = cost["seconds"] / model_seconds if model_seconds > 0 else 1 / len(missing)
+                self.costs[key] = {**cost, "seconds": wall * share}
+            self.seconds_computing += wall
+        for key in keys if used is None else used:
+            self.used[key[0]].add(key)
+        return [self.results[key] for key in keys]
 
     def start_method(self) -> None:
         self.used.clear()
@@ -155,65 +173,82 @@ class Context:
             self._leader = self._load(self.config.leader or self.config.model or PRESETS[self.config.preset]["leader"])
         return self._leader
 
-    def each(self, problems: list, solve_one) -> list:
-        """`solve_one(problem)` for each problem, its model use billed to that problem."""
-        results = []
-        for problem in problems:
-            with billing(problem["id"]):
-                results.append(solve_one(problem))
-        return results
+    def run(self, problems: list, program) -> list:
+        """`program(problem)` (a generator, see engine.py) for every problem, all in lockstep; each problem's
+        model use billed to it. Returns what each program returned."""
+        return run_programs([program(p) for p in problems], accounts=[p["id"] for p in problems],
+                            arenas=[p["id"] for p in problems], engine=self.config.engine)
 
     # -------------------------------------------------------- the shared work: ALIGN steps 1 and 3
     def searches(self, problems: list, agents: range | None = None) -> list:
-        """Each agent's MCTS on each problem (align.candidates), run once per problem and agent; `agents`
-        picks some of them (default: all). Returns searches[problem][agent]."""
-        agents = range(len(self.agents)) if agents is None else agents
-        return [[self.shared.get(p["id"], ("search", i), lambda p=p, i=i: candidates(
-            [self.agents[i]], p["question"], p["kind"], self.search, [self.seed(p, "search", i)],
-            p.get("examples"))[0])
-                 for i in agents] for p in problems]
+        """Each agent's MCTS on each problem (mcts.search_all: all of them in lockstep), once per problem and
+        agent; `agents` picks the ones the method uses and is charged for (default: all). Every agent's search
+        is computed the first time any is asked for, so the batch is the same whichever method comes first.
+        Returns searches[problem][agent]."""
+        everyone = range(len(self.agents))
+        agents = everyone if agents is None else agents
+        keys = [(p["id"], "search", i) for p in problems for i in everyone]
+        used = [(p["id"], "search", i) for p in problems for i in agents]
+        by_id = {p["id"]: p for p in problems}
+
+        def compute(missing):
+            jobs = [(self.agents[i], by_id[pid]["question"], by_id[pid]["kind"], self.seed(by_id[pid], "search", i),
+                     by_id[pid].get("examples")) for pid, _, i in missing]
+            return search_all(jobs, self.search, accounts=missing, arenas=[pid for pid, _, _ in missing],
+                              engine=self.config.engine)
+        results = dict(zip(keys, self.shared.get(keys, compute, used)))
+        for key, result in results.items():
+            result.cost = self.shared.costs[key]
+        return [[results[(p["id"], "search", i)] for i in agents] for p in problems]
 
     def pools(self, problems: list) -> list:
         return [pool_classes(searches) for searches in self.searches(problems)]
 
     def principal_orders(self, problems: list) -> list:
-        """The principal's order of each problem's pooled classes (align.principal_order), once per principal."""
-        pools, principal = self.pools(problems), self.principal
-        return [self.shared.get(p["id"], ("order", principal.name, self.game.principal_mode),
-                                lambda p=p, pool=pool: principal_order(principal, p["question"], pool,
-                                                                       self.game.principal_mode,
-                                                                       self.seed(p, "principal")))
-                for p, pool in zip(problems, pools)]
+        """The principal's order of each problem's pooled classes (align.principal_order_program), once per
+        problem and principal, all problems in lockstep."""
+        pools, principal = {p["id"]: pool for p, pool in zip(problems, self.pools(problems))}, self.principal
+        by_id = {p["id"]: p for p in problems}
+
+        def compute(missing):
+            programs = [principal_order_program(principal, by_id[pid]["question"], by_id[pid]["kind"], pools[pid],
+                                                self.game, self.seed(by_id[pid], "principal")) for pid, *_ in missing]
+            return run_programs(programs, accounts=missing, arenas=[pid for pid, *_ in missing],
+                                engine=self.config.engine)
+        return self.shared.get([(p["id"], "order", principal.name, self.game.principal_mode) for p in problems],
+                               compute)
 
 
 # ================================================================ methods
-# Each takes a list of problems (id, question, kind) and the context, and returns one result per problem:
-# a dict with at least "prediction"; every other key goes into the record as it is.
+# Each takes a list of problems (id, question, kind, examples) and the context, and returns one result per
+# problem: a dict with at least "prediction"; every other key goes into the record as it is. A method that asks
+# the models itself writes a program per problem (a generator that yields engine.Requests, see engine.py) and
+# runs it with `ctx.run`, so all problems of the batch share each model call.
 
 def method_cot(problems, ctx):
     """Few-shot chain of thought, greedy, the first agent's model."""
     agent = ctx.agents[0]
 
-    def one(problem):
-        text = agent.llm.sample(agent.prompt(problem["question"], problem["kind"], problem.get("examples")), 1,
-                                temperature=0.0,
-                                max_new_tokens=ctx.config.max_new_tokens)[0]
-        return {"prediction": extract_answer(text, problem["kind"]), "raw": [text]}
-    return ctx.each(problems, one)
+    def program(problem):
+        [[solution]] = yield [Request(agent.llm, agent.prompt(problem["question"], problem["kind"],
+                                                              problem.get("examples")),
+                                      max_new_tokens=ctx.config.max_new_tokens)]
+        return {"prediction": extract_answer(solution.text, problem["kind"]), "raw": [solution.text]}
+    return ctx.run(problems, program)
 
 
 def method_sc(problems, ctx):
     """Self-consistency: k sampled chains of the first agent's model, majority vote."""
     agent = ctx.agents[0]
 
-    def one(problem):
-        texts = agent.llm.sample(agent.prompt(problem["question"], problem["kind"], problem.get("examples")),
-                                 ctx.config.sc_samples,
-                                 temperature=ctx.config.sc_temperature, max_new_tokens=ctx.config.max_new_tokens,
-                                 seed=ctx.seed(problem, "sc"))
-        samples = [Sample(extract_answer(t, problem["kind"]), t) for t in texts]
-        return {"prediction": majority_answer(samples), "raw": texts, "answers": [s.answer for s in samples]}
-    return ctx.each(problems, one)
+    def program(problem):
+        [chains] = yield [Request(agent.llm, agent.prompt(problem["question"], problem["kind"], problem.get("examples")),
+                                  n=ctx.config.sc_samples, temperature=ctx.config.sc_temperature,
+                                  max_new_tokens=ctx.config.max_new_tokens, seed=ctx.seed(problem, "sc"))]
+        samples = [Sample(extract_answer(c.text, problem["kind"]), c.text) for c in chains]
+        return {"prediction": majority_answer(samples), "raw": [c.text for c in chains],
+                "answers": [s.answer for s in samples]}
+    return ctx.run(problems, program)
 
 
 def method_mcts(problems, ctx):
@@ -233,7 +268,8 @@ def method_vote(problems, ctx):
 
 
 def method_principal(problems, ctx):
-    """The principal's top class among all agents' pooled candidates."""
+    """The principal's top class among all agents' pooled candidates: for the principal's own utility, an upper
+    bound on what ALIGN (which delivers a class from the same pool) can reach."""
     results = []
     for searches, pool, order in zip(ctx.searches(problems), ctx.pools(problems), ctx.principal_orders(problems)):
         results.append({"prediction": pool.answers[order.order[0]] if order else None,
@@ -259,8 +295,9 @@ def method_align(problems, ctx):
 
 def method_leader(problems, ctx, team=True):
     """MLPO inference: the team answers, the leader aggregates, for T rounds (mlpo.py)."""
-    return ctx.each(problems, lambda p: lead(p["question"], p["kind"], ctx.agents, ctx.leader, ctx.leader_config,
-                                             ctx.seed(p, "leader"), team=team, examples=p.get("examples")))
+    agents, leader = ctx.agents, ctx.leader
+    return ctx.run(problems, lambda p: lead_program(p["question"], p["kind"], agents, leader, ctx.leader_config,
+                                                    ctx.seed(p, "leader"), team=team, examples=p.get("examples")))
 
 
 def method_leader_solo(problems, ctx):
@@ -309,9 +346,11 @@ def read_records(path: str) -> list[dict]:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
-                    pass
+                    continue
+                if isinstance(record, dict) and "problem_id" in record:     # not the settings line
+                    records.append(record)
     return records
 
 
@@ -412,11 +451,17 @@ def summarize(records: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_methods(problems: list, methods: list, ctx: Context, write) -> None:
-    """Run every method on a batch of problems and write one record per (problem, method), charged by the rule
-    of `SharedWork`. `write(problem, method, record)` stores a record."""
+def run_methods(problems: list, methods: list, ctx: Context, write, done: set = frozenset()) -> None:
+    """Run every method on a batch of problems and write one record per (problem, method) not in `done`,
+    charged by the rule of `SharedWork`. `write(problem, method, record)` stores a record.
+
+    A method runs on the whole batch whenever any of its records is missing, so the batch (and with it every
+    model call) is the same in a resumed run as in an uninterrupted one.
+    """
     public = [{k: p[k] for k in ("id", "question", "kind", "examples") if k in p} for p in problems]  # no gold answer
     for method in methods:
+        if all((p["id"], method) in done for p in problems):
+            continue
         base, _, role_model = method.partition("@")
         ctx.role_model, ctx.roles_used = role_model or None, set()
         ctx.shared.start_method()
@@ -437,25 +482,74 @@ def run_methods(problems: list, methods: list, ctx: Context, write) -> None:
             record["correct"] = is_correct(record["prediction"], problem["answer"], problem["kind"])  # reads the gold
             record.update({k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()})
             record.update(result)
-            write(problem, method, record)
+            if (problem["id"], method) not in done:
+                write(problem, method, record)
     ctx.role_model = None
     ctx.shared.forget()
+
+
+def record_settings(config: EvalConfig, search: SearchConfig, game: GameConfig, leader_config: LeaderConfig) -> dict:
+    """The settings that shape a record: an output file carries them on its first line, and `--resume` refuses
+    to mix records made with other ones. (Left out: what only says which records to make or where -- methods,
+    limit, output, data folder -- and the batch size and device, which change no record beyond float rounding.)"""
+    kept = {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in ("methods", "limit", "output", "resume", "overwrite", "data_dir", "device", "batch_size",
+                         "progress")}
+    return {**kept, **dataclasses.asdict(search), **dataclasses.asdict(game), **dataclasses.asdict(leader_config)}
+
+
+def read_settings(path: str) -> dict | None:
+    """The settings line of an output file (None: the file has none)."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                first = json.loads(f.readline() or "{}")
+            except json.JSONDecodeError:
+                return None
+            return first.get("settings")
+    return None
+
+
+def check_resume(path: str, settings: dict) -> None:
+    """Refuse to resume a file written with other settings, saying which ones differ."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    written = read_settings(path)
+    if written is None:
+        raise DataError(f"{path} has no settings line, so its records cannot be checked against this run; "
+                        f"pass --overwrite to start again or --output to write elsewhere.")
+    differ = [f"{k}={written.get(k)!r} there, {v!r} here" for k, v in settings.items() if written.get(k) != v]
+    if differ:
+        raise DataError(f"{path} was written with other settings ({'; '.join(differ)}): --resume with the same "
+                        f"settings, or pass --output to write elsewhere.")
+
+
+def resume_command() -> str:
+    """The command line that continues this run."""
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    return " ".join(shlex.quote(a) for a in ["python", os.path.basename(sys.argv[0]) or "evaluate.py", *args,
+                                             "--resume"])
 
 
 def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig | None = None,
         leader_config: LeaderConfig | None = None) -> list[dict]:
     """Evaluate, writing records as it goes; returns all records of the requested methods."""
+    search, game, leader_config = search or SearchConfig(), game or GameConfig(), leader_config or LeaderConfig()
     methods = parse_methods(config.methods)
     if config.dataset.partition(":")[0] not in DATASETS:           # bbh:TASK,... picks tasks (data.py)
         raise DataError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
     if config.preset not in PRESETS:
         raise DataError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    output = config.output or os.path.join("runs", f"{config.dataset}-{config.preset}-seed{config.seed}.jsonl")
+    output = config.output or os.path.join("runs", f"{config.dataset.replace(':', '_')}-{config.preset}-"
+                                                   f"seed{config.seed}.jsonl")
     rank_files = [f"{output}.rank{r}" for r in range(world)] if world > 1 else []
     if os.path.exists(output) and not (config.resume or config.overwrite):  # every rank stops, none hangs
         raise DataError(f"{output} exists: pass --resume to continue it, --overwrite to start again, "
                         f"or --output to write elsewhere.")
+    settings = record_settings(config, search, game, leader_config)
+    if config.resume and not config.overwrite:
+        check_resume(output, settings)
     device = config.device
     if world > 1:
         import torch
@@ -468,31 +562,45 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
         for path in [output] + rank_files:
             if os.path.exists(path):
                 os.remove(path)
+    if rank == 0 and (not os.path.exists(output) or os.path.getsize(output) == 0):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:                     # the first line: the settings
+            f.write(json.dumps({"settings": settings}) + "\n")
     if world > 1:
         dist.barrier()
     problems = [{**p, "dataset": config.dataset}
                 for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed)]
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
-    todo = [(p, m) for p in mine for m in methods if (p["id"], m) not in done]
+    batch_size = config.batch_size or BATCH_SIZE["cuda" if str(device or "").startswith("cuda")
+                                                 or (device is None and cuda_available()) else "cpu"]
+    batches = [mine[k:k + batch_size] for k in range(0, len(mine), batch_size)]
+    finished = sum(all((p["id"], m) in done for m in methods) for p in mine)
     if rank == 0:
-        print(f"{config.dataset}: {len(problems)} problems x {len(methods)} methods; "
-              f"{len(done & {(p['id'], m) for p in problems for m in methods})} already done; writing {output}")
+        print(f"{config.dataset}: {len(problems)} problems x {len(methods)} methods ({', '.join(methods)}); "
+              f"{finished} problems already done; batches of {batch_size} problems; writing {output}")
     ctx = Context(config, search, game, leader_config, device=device)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     my_file = rank_files[rank] if world > 1 else output
     drop_partial_last_line(my_file)
-    with open(my_file, "a", encoding="utf-8") as out, \
-            tqdm(total=len(todo), disable=not config.progress or rank != 0, desc="evaluating",
-                 dynamic_ncols=True) as bar:
-        def write(problem, method, record):
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            bar.update(1)
-        for problem in mine:
-            remaining = [m for m in methods if (problem["id"], m) not in done]
-            if remaining:
-                run_methods([problem], remaining, ctx, write)
+    written = 0
+    try:
+        with open(my_file, "a", encoding="utf-8") as out, \
+                tqdm(total=len(mine), initial=finished, disable=not config.progress or rank != 0, unit="problem",
+                     desc="evaluating", dynamic_ncols=True) as bar:
+            def write(problem, method, record):
+                nonlocal written
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                written += 1
+            for batch in batches:
+                if all((p["id"], m) in done for p in batch for m in methods):
+                    continue
+                run_methods(batch, methods, ctx, write, done)
+                bar.update(sum(not all((p["id"], m) in done for m in methods) for p in batch))
+    except KeyboardInterrupt:
+        safe = len(read_records(my_file))
+        raise SystemExit(f"interrupted: {safe} records are safe in {my_file} ({written} written by this run); "
+                         f"continue with: {resume_command()}") from None
     if world > 1:
         dist.barrier()
         if rank == 0:  # merge the ranks' records into the one output file

@@ -67,6 +67,10 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
 def default_device_and_dtype(device: str | None = None, dtype: str | None = None):
     """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden."""
     if device is None:

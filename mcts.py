@@ -30,6 +30,11 @@ import dataclasses
 import math
 import time
 
+import torch
+from transformers import DynamicCache
+
+from data import load_problems
+from engine import Request, run_programs
 from llm import EMBEDDED_ALIAS, PRESETS, load_llm, option, parse_configs, print_config
 from utility import Sample, explicit_answer, extract_answer, group_into_classes, same_answer
 
@@ -112,7 +117,6 @@ class SearchConfig:
     exploration: float = option(1.0, "[ours] UCT exploration constant c")
     step_tokens: int = option(64, "[ours] max new tokens of one step")
     completion_tokens: int = option(256, "[ours] max new tokens of a simulation (completing a solution)")
-    batched: bool = option(True, "batch sequences and share the cached prompt; --no-batched is the slow reference")
 
 
 @dataclasses.dataclass
@@ -127,6 +131,8 @@ class Node:
     terminal: bool = False           # no children will ever be added
     answer: str | None = None        # the answer this node's last step states, if it states one
     solution: Sample | None = None   # the complete solution the first rollout through here reached
+    state: object = None             # where the engine continues this partial solution (engine.State)
+    ended: bool = False              # the model ended the text with this step (EOS)
 
     @property
     def depth(self) -> int:
@@ -184,33 +190,34 @@ class SearchResult:
                             for c in self.classes]}
 
 
-def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
-           seed: int = 0, examples: list | None = None) -> SearchResult:
-    """One agent's MCTS on one question (`examples`: its few-shot exemplars, see Agent.prompt). Same seed, same tree."""
+def search_program(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
+                   seed: int = 0, examples: list | None = None):
+    """One agent's MCTS on one question, as a program for engine.run_programs: it `yield`s the generation
+    requests it needs (all expansions of a round in one list, then all simulations) and gets their texts
+    back. Returns a SearchResult. `examples`: the problem's few-shot exemplars (see Agent.prompt)."""
     config = config or SearchConfig()
-    before, start = agent.llm.counters.snapshot(), time.perf_counter()
     prompt = agent.prompt(question, kind, examples)
     root, samples, invocations, done = Node(steps=[]), [], 0, 0
-    parallel = config.parallel if config.batched else 1
-    generation = dict(temperature=agent.temperature, use_prefix_cache=config.batched,
-                      max_batch_size=32 if config.batched else 1)
+
+    def request(node, **kwargs):    # continue `node`: the engine from its kept state, the reference from text
+        return Request(agent.llm, prompt, suffix=_suffix(node), state=node.state, temperature=agent.temperature,
+                       seed=seed * 1000 + invocations, **kwargs)
     while done < config.rollouts:
         # 1. SELECT up to `parallel` leaves; virtual loss steers later selections elsewhere
         selected = []
-        for _ in range(min(parallel, config.rollouts - done)):
+        for _ in range(min(config.parallel, config.rollouts - done)):
             node = select(root, config.exploration)
             _add_virtual_loss(node)
             selected.append(node)
-        # 2. EXPAND the new leaves, all in one call: every sequence shares the cached prompt
+        # 2. EXPAND the new leaves: `children` next steps each, every one a line ending at "\n"
         to_expand = _unique(n for n in selected if not n.expanded and not n.terminal and
                             (n is root or n.visits > 0))
         if to_expand:
-            next_steps = agent.llm.generate(prompt, [_suffix(n) for n in to_expand], config.children,
-                                            stop=["\n"], max_new_tokens=config.step_tokens,
-                                            seed=seed * 1000 + invocations, **generation)
+            next_steps = yield [request(n, n=config.children, stop=("\n",), max_new_tokens=config.step_tokens,
+                                        keep=True) for n in to_expand]
             invocations += 1
-            for node, texts in zip(to_expand, next_steps):
-                _add_children(node, texts, kind, config.max_depth)
+            for node, steps in zip(to_expand, next_steps):
+                _add_children(node, steps, kind, config.max_depth)
         leaves = []
         for node in selected:       # a rollout through a just-expanded node continues to one of its children
             if node in to_expand and node.children:
@@ -218,18 +225,17 @@ def search(agent: Agent, question: str, kind: str = "number", config: SearchConf
                 child.virtual_loss += 1
                 node = child
             leaves.append(node)
-        # 3. SIMULATE: complete, in one call, every leaf that has no solution yet and states no answer
-        for leaf in _unique(n for n in leaves if n.solution is None and n.answer is not None):
-            leaf.solution = Sample(leaf.answer, leaf.trace)
+        # 3. SIMULATE: complete every leaf that has no solution yet and states no answer
+        for leaf in _unique(n for n in leaves if n.solution is None and (n.answer is not None or n.ended)):
+            leaf.solution = Sample(leaf.answer if leaf.answer is not None else extract_answer(leaf.trace, kind),
+                                   leaf.trace)
             samples.append(leaf.solution)
         to_complete = _unique(n for n in leaves if n.solution is None)
         if to_complete:
-            completions = agent.llm.generate(prompt, [_suffix(n) for n in to_complete], 1,
-                                             max_new_tokens=config.completion_tokens,
-                                             seed=seed * 1000 + invocations, **generation)
+            completions = yield [request(n, max_new_tokens=config.completion_tokens) for n in to_complete]
             invocations += 1
-            for leaf, texts in zip(to_complete, completions):
-                full = (_suffix(leaf) + texts[0]).strip()
+            for leaf, (completion,) in zip(to_complete, completions):
+                full = (_suffix(leaf) + completion.text).strip()
                 leaf.solution = Sample(extract_answer(full, kind), full)
                 samples.append(leaf.solution)
         # 4. BACKPROPAGATE each rollout's self-consistency reward along its path
@@ -243,8 +249,28 @@ def search(agent: Agent, question: str, kind: str = "number", config: SearchConf
         for sample in samples:       # a solution's reward moves as the agent finds more solutions
             sample.reward = rollout_reward(sample.answer, samples)
         done += len(leaves)
-    cost = {**agent.llm.counters.since(before), "seconds": time.perf_counter() - start}  # wall time
-    return SearchResult(agent.name, samples, group_into_classes(samples), root, cost, invocations)
+    return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, invocations)
+
+
+def search_all(searches: list, config: SearchConfig | None = None, accounts: list | None = None,
+               arenas: list | None = None, engine: bool = True) -> list:
+    """Many searches in lockstep: searches[k] = (agent, question, kind, seed, examples). Every engine step
+    serves all of them, one forward per backbone. accounts[k] pays for search k (default: the open account);
+    arenas[k] says where its tokens live (searches of one question share one, and the prompt with it)."""
+    programs = [search_program(agent, question, kind, config, seed, examples)
+                for agent, question, kind, seed, examples in searches]
+    return run_programs(programs, accounts, arenas, engine=engine)
+
+
+def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
+           seed: int = 0, examples: list | None = None, engine: bool = True) -> SearchResult:
+    """One agent's MCTS on one question, run alone. Same seed, same tree. engine=False: the reference path
+    (LLM.generate, one call per expansion or simulation round, the prompt cached within a call)."""
+    before, start = agent.llm.counters.snapshot(), time.perf_counter()
+    (result,) = run_programs([search_program(agent, question, kind, config, seed, examples)],
+                             engine=engine and hasattr(agent.llm, "model"))
+    result.cost = {**agent.llm.counters.since(before), "seconds": time.perf_counter() - start}  # wall time
+    return result
 
 
 def _path(node: Node) -> list:
@@ -274,16 +300,16 @@ def _suffix(node: Node) -> str:
     return node.trace + "\n" if node.steps else ""
 
 
-def _add_children(node: Node, texts: list, kind: str, max_depth: int) -> None:
-    """Turn sampled next steps into child nodes (empty and duplicate steps dropped)."""
+def _add_children(node: Node, steps: list, kind: str, max_depth: int) -> None:
+    """Turn sampled next steps (engine.Generated) into child nodes (empty and duplicate steps dropped)."""
     node.expanded = True
-    for text in texts:
-        step = text.strip()
+    for generated in steps:
+        step = generated.text.strip()
         if not step or any(step == c.steps[-1] for c in node.children):
             continue
-        child = Node(steps=node.steps + [step], parent=node)
+        child = Node(steps=node.steps + [step], parent=node, state=generated.state, ended=generated.ended)
         child.answer = explicit_answer(step, kind)
-        child.terminal = child.answer is not None or child.depth >= max_depth
+        child.terminal = child.answer is not None or child.depth >= max_depth or child.ended
         node.children.append(child)
     if not node.children:     # the model had nothing more to say: this node's own completion ends it
         node.terminal = True
@@ -309,38 +335,73 @@ def render_tree(node: Node, indent: str = "", width: int = 90) -> str:
 
 @dataclasses.dataclass
 class DemoConfig:
-    """python mcts.py: one agent's search on one question, printed."""
+    """python mcts.py: one agent's search on one question, printed (or, with --benchmark, the engine's speed)."""
     question: str = option("Lena has 7 marbles. She finds 5 more and then gives 3 to Omar. "
                            "How many marbles does Lena have now?", "the question to search on")
-    kind: str = option("number", "answer kind: number or math")
+    kind: str = option("number", "answer kind: number, math, choice or text")
     model: str = option(EMBEDDED_ALIAS, "hub id, local folder, .gguf file, or smollm2-135m")
     temperature: float = option(0.7, "the agent's sampling temperature")
     seed: int = option(0, "random seed")
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
-    benchmark: bool = option(False, "time the batched, cached search against one sequence per call")
+    benchmark: bool = option(False, "measure the engine on the tiny preset's three agents: generated tokens/s of "
+                                    "the lockstep engine, the bare decode loop and the per-agent reference path")
+    benchmark_problems: int = option(4, "benchmark: arith problems searched (all three agents each)")
+    bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
 
 
-def benchmark(agent: Agent, question: str, config: SearchConfig, seed: int) -> dict:
-    """Generated tokens per second of the same search, batched with the shared prefix vs plain."""
+@torch.no_grad()
+def bare_decode_rate(llm, prompt: str, rows: int = 64, tokens: int = 64) -> float:
+    """Generated tokens/s of the bare decode loop: the prompt prefilled once and copied to `rows` rows, then the
+    model's forward with a KV cache and an argmax, nothing else -- the most this model does on this machine."""
+    ids = torch.tensor([llm.encode(prompt)], device=llm.device)
+    cache = DynamicCache()
+    logits = llm.model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    cache.batch_repeat_interleave(rows)
+    token = logits.argmax(-1, keepdim=True).repeat(rows, 1)                      # (rows, 1)
+    start = time.perf_counter()
+    for t in range(tokens):
+        position = torch.full((rows, 1), ids.shape[1] + t, device=llm.device)
+        token = llm.model(input_ids=token, past_key_values=cache, position_ids=position,
+                          use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+    return rows * tokens / (time.perf_counter() - start)
+
+
+def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bare_rows: int = 64) -> dict:
+    """The same searches (every agent on every problem) through the lockstep engine and through the per-agent
+    reference path, and the bare decode loop beside them; prints the rates and their ratios."""
+    jobs = [(agent, p["question"], p["kind"], seed + 17 * k + i, None)
+            for k, p in enumerate(problems) for i, agent in enumerate(agents)]
+    llm = agents[0].llm
     rates = {}
-    for batched in (True, False):
-        result = search(agent, question, "number", dataclasses.replace(config, batched=batched), seed)
-        rates[batched] = result.cost["generated_tokens"] / result.cost["seconds"]
-        print(f"  {'batched + shared prefix' if batched else 'one sequence per call':<24} "
-              f"{result.cost['generated_tokens']:6d} tokens in {result.cost['seconds']:6.1f}s "
-              f"= {rates[batched]:6.1f} tokens/s  ({result.cost['calls']} sequences, "
-              f"{result.model_calls} model invocations)")
-    print(f"  ratio: {rates[True] / rates[False]:.2f}x")
-    return rates
+    for label, engine in [("engine (lockstep, all problems and agents)", True),
+                          ("per-agent reference (one problem, one agent at a time)", False)]:
+        before, start = llm.counters.snapshot(), time.perf_counter()
+        if engine:
+            search_all(jobs, config, arenas=[question for _, question, *_ in jobs])
+        else:
+            for agent, question, kind, job_seed, examples in jobs:
+                search(agent, question, kind, config, job_seed, examples, engine=False)
+        seconds, spent = time.perf_counter() - start, llm.counters.since(before)
+        rates[engine] = spent["generated_tokens"] / seconds
+        print(f"  {label:<56} {spent['generated_tokens']:7d} tokens in {seconds:7.1f}s = {rates[engine]:7.1f} "
+              f"tokens/s  ({spent['calls']} sequences, {spent['prompt_tokens']} prompt tokens billed)")
+    limit = bare_decode_rate(llm, agents[0].prompt(problems[0]["question"], problems[0]["kind"]), bare_rows)
+    print(f"  {f'bare decode loop, batch {bare_rows} (the limit)':<56} {'':>7}{'':>18} = {limit:7.1f} tokens/s")
+    print(f"engine/limit: {rates[True] / limit:.2f}  engine/per-agent: {rates[True] / rates[False]:.2f}")
+    return {"engine": rates[True], "per_agent": rates[False], "limit": limit}
 
 
 if __name__ == "__main__":
     demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig)
     print_config(demo, search_config)
-    agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
     if demo.benchmark:
-        benchmark(agent, demo.question, search_config, demo.seed)
+        problems = load_problems("arith", limit=demo.benchmark_problems, seed=demo.seed)
+        agents = make_agents("tiny", None if demo.model == EMBEDDED_ALIAS else demo.model, demo.device)
+        print(f"{len(problems)} arith problems x {len(agents)} agents, {search_config.rollouts} rollouts each, on "
+              f"{agents[0].llm.device} ({torch.get_num_threads()} threads)")
+        benchmark(agents, problems, search_config, demo.seed, demo.bare_batch)
     else:
+        agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
         result = search(agent, demo.question, demo.kind, search_config, demo.seed)
         print(render_tree(result.root))
         print("\nanswer classes (U = self-consistency share):")

@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from data import DataError, load_problems
+from engine import Request, run_programs
 from llm import PRESETS, ModelLoadError, load_llm, option, parse_configs, print_config
 from mcts import make_agents
 from utility import extract_answer, is_correct
@@ -110,26 +111,39 @@ def revision_question(question: str, previous: str, leader_reply: str) -> str:
             f"<think>{leader_reply.strip()}\n\nWrite your answer again, corrected if needed.")
 
 
-def lead(question: str, kind: str, agents: list, leader, config: LeaderConfig, seed: int = 0,
-         team: bool = True, examples: list | None = None) -> dict:
-    """MLPO inference: the team answers, the leader aggregates, the team revises; the last <answer> wins.
-    `examples`: the problem's own few-shot exemplars for the agents (BBH, MMLU; None: the built-in ones)."""
+def lead_program(question: str, kind: str, agents: list, leader, config: LeaderConfig, seed: int = 0,
+                 team: bool = True, examples: list | None = None):
+    """MLPO inference as a program (engine.py): the team answers, the leader aggregates, the team revises; the
+    last <answer> wins. `examples`: the problem's own few-shot exemplars for the agents (BBH, MMLU)."""
     tokens = config.leader_max_new_tokens
-    responses = [a.llm.sample(a.prompt(question, kind, examples), 1, temperature=a.temperature, max_new_tokens=tokens,
-                              seed=seed + i)[0] for i, a in enumerate(agents)] if team else None
+    responses = None
+    if team:                                         # round 0: every agent answers the question
+        answers = yield [Request(a.llm, a.prompt(question, kind, examples), temperature=a.temperature,
+                                 max_new_tokens=tokens, seed=seed + i) for i, a in enumerate(agents)]
+        responses = [generated.text for (generated,) in answers]
     transcript = []
     for t in range(config.leader_rounds if team else 1):
-        reply = leader.sample(leader_prompt(leader, question, responses), 1, temperature=config.leader_temperature,
-                              max_new_tokens=tokens, stop=["</answer>"], seed=seed + 100 * (t + 1))[0]
-        transcript.append({"team": responses, "leader": reply})
+        [[reply]] = yield [Request(leader, leader_prompt(leader, question, responses),
+                                   temperature=config.leader_temperature, max_new_tokens=tokens,
+                                   stop=("</answer>",), seed=seed + 100 * (t + 1))]
+        transcript.append({"team": responses, "leader": reply.text})
         if team and t + 1 < config.leader_rounds:  # each agent revises its own answer given the leader's reply
-            responses = [a.llm.sample(a.prompt(revision_question(question, r, reply), kind, examples), 1,
-                                      temperature=a.temperature, max_new_tokens=tokens,
-                                      seed=seed + 100 * (t + 1) + i + 1)[0]
-                         for i, (a, r) in enumerate(zip(agents, responses))]
+            revisions = yield [Request(a.llm, a.prompt(revision_question(question, r, reply.text), kind, examples),
+                                       temperature=a.temperature, max_new_tokens=tokens,
+                                       seed=seed + 100 * (t + 1) + i + 1)
+                               for i, (a, r) in enumerate(zip(agents, responses))]
+            responses = [generated.text for (generated,) in revisions]
     final = transcript[-1]["leader"]
     return {"prediction": leader_answer(final, kind, config.strict_format), "raw": [final],
             "tagged": "<answer>" in final, "transcript": transcript}
+
+
+def lead(question: str, kind: str, agents: list, leader, config: LeaderConfig, seed: int = 0,
+         team: bool = True, examples: list | None = None) -> dict:
+    """`lead_program` run alone."""
+    (result,) = run_programs([lead_program(question, kind, agents, leader, config, seed, team, examples)],
+                             engine=hasattr(leader, "model"))
+    return result
 
 
 # ---------------------------------------------------------------- training
@@ -174,16 +188,21 @@ def check_config(config, *at_least_one: str) -> None:
 
 
 def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max_new_tokens: int, seed: int):
-    """The offline pool: `responses_per_agent` sampled responses of every agent to every question, made once."""
+    """The offline pool: `responses_per_agent` sampled responses of every agent to every question, made once
+    (all questions in lockstep, engine.py)."""
+    def responses(n, problem):
+        answers = yield [Request(a.llm, a.prompt(problem["question"], problem["kind"], problem.get("examples")),
+                                 n=responses_per_agent, temperature=a.temperature, max_new_tokens=max_new_tokens,
+                                 seed=seed + 97 * n + i) for i, a in enumerate(agents)]
+        return [[generated.text for generated in samples] for samples in answers]   # [agent][k]
+    print(f"offline pool: {len(problems)} questions x {len(agents)} agents x {responses_per_agent} responses")
+    all_responses = run_programs([responses(n, p) for n, p in enumerate(problems)],
+                                 engine=all(hasattr(a.llm, "model") for a in agents))
     pool = []
-    for n, problem in enumerate(tqdm(problems, desc="offline pool", dynamic_ncols=True)):
-        responses = [a.llm.sample(a.prompt(problem["question"], problem["kind"], problem.get("examples")),
-                                  responses_per_agent, temperature=a.temperature, max_new_tokens=max_new_tokens,
-                                  seed=seed + 97 * n + i)
-                     for i, a in enumerate(agents)]                   # responses[agent][k]
+    for problem, team in zip(problems, all_responses):
         correct = [is_correct(extract_answer(r, problem["kind"]), problem["answer"], problem["kind"])
-                   for rs in responses for r in rs]
-        pool.append({**problem, "responses": responses, "pool_accuracy": sum(correct) / len(correct)})
+                   for rs in team for r in rs]
+        pool.append({**problem, "responses": team, "pool_accuracy": sum(correct) / len(correct)})
     return pool
 
 

@@ -1,0 +1,482 @@
+"""
+engine.py -- many sequences, one forward: the lockstep generation engine behind every method.
+
+ALIGN's cost is candidate generation: three agents x 16 MCTS rollouts per question, each rollout a few short
+steps that continue a shared prompt. Run one agent and one problem at a time, a model call carries a dozen
+sequences and re-encodes every partial solution. This engine runs the searches (and the baselines' samples,
+the principal's scoring, the leader's rounds) of many problems and agents together:
+
+  * Programs. A per-problem procedure (an agent's MCTS, a leader's rounds, ...) is a Python generator that
+    `yield`s the model requests it needs and receives their results:
+        [children] = yield [Request(llm, prompt, n=3, temperature=0.7, stop=("\\n",), keep=True)]
+    `run_programs` runs many programs in lockstep: each engine step gathers every sequence in flight on the
+    same backbone -- whatever its problem, agent or temperature -- into one forward.
+  * An arena per problem. Every token's keys and values are computed once and stored in its problem's
+    arena; a sequence is the set of arena slots it sees (its prompt, the steps above it in the tree, its own
+    tokens). A child of an MCTS node continues from the node's slots, so nothing is re-encoded, and prompts
+    that share a token prefix (the agents' common prompt) share its slots: prefilled once per problem.
+  * Attention over the arena. One forward takes the new tokens of all sequences as one flat batch and our
+    attention function (`arena_attention`) lets each attend to exactly the slots it sees: no padding, no copy
+    of a shared prompt per row, and a sequence that has ended costs nothing more.
+  * A seed per sequence: each samples with its own generator (Gumbel-max), so its text does not depend on
+    what else shares its forward.
+
+`run_programs(..., engine=False)` is the reference path kept from before: one program at a time, each request
+through `LLM.generate` / `LLM.score`. The tests check that under greedy decoding both paths write the same text.
+
+A forker rarely edits this file; it is plumbing. `python mcts.py --benchmark` measures it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from transformers import AttentionInterface
+
+from llm import billing, derive_seed
+
+ARENA_ATTENTION = "align_arena"        # the name our attention function is registered under
+
+
+@dataclasses.dataclass
+class Request:
+    """What a program asks of a model: `n` continuations of a prompt (or of an earlier continuation), or the
+    log-probabilities of some continuations of the prompt (`score`)."""
+    llm: object                      # llm.LLM (the reference path also accepts fakes with generate/score)
+    prompt: str                      # the prompt text
+    suffix: str = ""                 # text after the prompt, for the reference path (the engine uses `state`)
+    state: object = None             # an earlier continuation (kept with keep=True) to continue from
+    n: int = 1
+    temperature: float = 0.0         # 0: greedy
+    max_new_tokens: int = 256
+    stop: tuple = ()                 # a sequence ends at the first stop string (its text is cut before it)
+    seed: int = 0
+    keep: bool = False               # keep each continuation's place, so that later requests can continue it
+    score: tuple = ()                # score these continuations (summed log-probabilities) instead
+
+
+@dataclasses.dataclass
+class Generated:
+    """One continuation."""
+    text: str                        # cut before the first stop string
+    tokens: int = 0                  # tokens generated (counted as generated_tokens)
+    ended: bool = False              # the model ended it (EOS): nothing can continue it
+    state: object = None             # where a later request continues it (keep=True and not ended)
+
+
+# ================================================================ programs
+
+def run_programs(programs: list, accounts: list | None = None, arenas: list | None = None, engine: bool = True,
+                 max_tokens_per_step: int = 1024) -> list:
+    """Run generator programs to completion; returns what each one returned.
+
+    accounts[i]: who pays for program i's requests (see llm.billing); arenas[i]: the arena its tokens live in
+    (programs of one problem share one, and with it their common prompt); by default one each.
+    engine=False: the reference path, one program at a time, each request through LLM.generate / LLM.score.
+    """
+    accounts = accounts or [None] * len(programs)
+    arenas = arenas or list(range(len(programs)))
+    if not engine:
+        return [_run_alone(program, account) for program, account in zip(programs, accounts)]
+    outputs, waiting = [None] * len(programs), {}          # program -> results of its outstanding requests
+    engines: dict = {}                                      # one per backbone
+
+    def advance(i, results):
+        try:
+            requests = list(programs[i].send(results))
+        except StopIteration as stop:
+            outputs[i] = stop.value
+            waiting.pop(i, None)
+            return
+        waiting[i] = [None] * len(requests)
+        for j, request in enumerate(requests):
+            backbone = engines.setdefault(id(request.llm), Engine(request.llm, max_tokens_per_step))
+            backbone.submit(request, j, arenas[i], accounts[i],
+                            lambda result, i=i, j=j: waiting[i].__setitem__(j, result))
+
+    for i in range(len(programs)):
+        advance(i, None)
+    while waiting:
+        for backbone in engines.values():
+            backbone.step()
+        for i in [i for i, results in waiting.items() if all(r is not None for r in results)]:
+            advance(i, waiting[i])
+    return outputs
+
+
+def _run_alone(program, account):
+    """The reference path. Consecutive requests that differ only in their suffix share one generate call."""
+    results = None
+    with billing(account):
+        while True:
+            try:
+                requests = program.send(results)
+            except StopIteration as stop:
+                return stop.value
+            results = []
+            for group in _calls(requests):
+                first = group[0]
+                if first.score:
+                    results.append(first.llm.score(first.prompt + first.suffix, list(first.score)))
+                    continue
+                texts = first.llm.generate(first.prompt, [r.suffix for r in group], first.n,
+                                           temperature=first.temperature, max_new_tokens=first.max_new_tokens,
+                                           stop=list(first.stop) or None, seed=first.seed)
+                results += [[Generated(text) for text in row] for row in texts]
+
+
+def _calls(requests: list) -> list:
+    groups = []
+    for request in requests:
+        key = (id(request.llm), request.prompt, request.n, request.temperature, request.max_new_tokens,
+               tuple(request.stop), request.seed)
+        if groups and not request.score and groups[-1][0] == key:
+            groups[-1][1].append(request)
+        else:
+            groups.append((key if not request.score else None, [request]))
+    return [group for _, group in groups]
+
+
+# ================================================================ the arena and its attention
+
+class Arena:
+    """One problem's key/value store on one backbone: slots filled in order, each holding one token's keys and
+    values in every layer, and its position id (sliding-window layers need it)."""
+
+    def __init__(self, model, capacity: int = 1024):
+        config = model.config.get_text_config()
+        heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.layers, self.dtype, self.device = config.num_hidden_layers, model.dtype, model.device
+        self.length = 0
+        self.prompts: list = []                        # _Prompt: every prompt queued or prefilled here
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        shape = (1, self.kv_heads, capacity, self.head_dim)
+        new = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2 * self.layers)]
+        positions = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        if self.length:                                # growing: keep what is there
+            for fresh, old in zip(new, self.keys + self.values):
+                fresh[:, :, :self.length] = old[:, :, :self.length]
+            positions[:self.length] = self.positions[:self.length]
+        self.keys, self.values, self.positions = new[:self.layers], new[self.layers:], positions
+
+    def take(self, positions: list) -> torch.Tensor:
+        """Fresh slots for tokens at these position ids."""
+        if self.length + len(positions) > self.positions.shape[0]:
+            self._allocate(max(2 * self.positions.shape[0], self.length + len(positions)))
+        slots = torch.arange(self.length, self.length + len(positions), device=self.device)
+        self.positions[slots] = torch.tensor(positions, dtype=torch.long, device=self.device)
+        self.length += len(positions)
+        return slots
+
+    def shared_prefix(self, ids: list) -> tuple:
+        """The longest token prefix of `ids` already here (queued or prefilled): (its length, its slots, and the
+        earlier _Prompt when that prompt is the whole of `ids`)."""
+        best, slots, same = 0, None, None
+        for other in self.prompts:
+            common = next((k for k, (a, b) in enumerate(zip(ids, other.ids)) if a != b), min(len(ids), len(other.ids)))
+            if common > best or (common == best == len(ids) == len(other.ids)):
+                best, slots = common, other.slots[:common]
+                same = other if common == len(ids) == len(other.ids) else None
+        return best, slots, same
+
+
+@dataclasses.dataclass
+class _Prompt:
+    """A prompt in an arena: its tokens, their slots, and (once its last token is through) the next-token logits.
+    Prompts that share a token prefix share its slots -- even when queued in the same forward, since a forward
+    writes every new token's keys before any token attends."""
+    ids: list
+    slots: torch.Tensor
+    logits: torch.Tensor | None = None
+    waiting: list = dataclasses.field(default_factory=list)   # callbacks for requests with this very prompt
+
+
+_parts: list = []   # the current forward, per arena: (arena, query indices, slots written, visible (q, length))
+
+
+class _ArenaCache:
+    """Stands in for transformers' KV cache during an engine forward: `update` writes the new tokens' keys and
+    values into their arenas; `arena_attention` then reads the arenas."""
+    is_compileable = False
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        for arena, index, slots, _ in _parts:                           # key_states: (1, kv_heads, Q, dim)
+            arena.keys[layer_idx].index_copy_(2, slots, key_states[:, :, index])
+            arena.values[layer_idx].index_copy_(2, slots, value_states[:, :, index])
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def arena_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Each query token attends to the arena slots it sees. query: (1, heads, Q, dim) -> (1, Q, heads, dim).
+
+    Grouped-query attention without copying keys: the query heads that share a key/value head are stacked as
+    rows of that head. A sliding-window layer also hides slots too far behind.
+    """
+    heads, total, dim = query.shape[1], query.shape[2], query.shape[3]
+    output = query.new_empty(1, heads, total, dim)
+    for arena, index, slots, visible in _parts:
+        keys = arena.keys[module.layer_idx][:, :, :arena.length]                # (1, kv_heads, length, dim)
+        values = arena.values[module.layer_idx][:, :, :arena.length]
+        group = heads // arena.kv_heads
+        q = query[:, :, index]                                                    # (1, heads, q, dim)
+        rows = q.shape[2]
+        q = q.reshape(1, arena.kv_heads, group * rows, dim)                       # heads sharing a kv head, stacked
+        mask = visible
+        if kwargs.get("sliding_window"):
+            mask = mask & (arena.positions[slots][:, None] - arena.positions[None, :arena.length]
+                           < kwargs["sliding_window"])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask.repeat(group, 1)[None, None], scale=scaling)
+        output[:, :, index] = out.reshape(1, heads, rows, dim)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ARENA_ATTENTION, arena_attention)
+
+
+# ================================================================ one backbone's engine
+
+@dataclasses.dataclass
+class State:
+    """A place a sequence can be continued from: the slots it sees, its next position, its next-token logits."""
+    arena: Arena
+    visible: torch.Tensor            # slot indices
+    position: int
+    logits: torch.Tensor             # (vocab,)
+    length: int                      # tokens of context: what an API would bill as prompt tokens
+
+
+class _Job:
+    """One request in flight."""
+
+    def __init__(self, request: Request, index: int, arena: Arena, account, done):
+        self.request, self.index, self.arena, self.account, self.done = request, index, arena, account, done
+        self.results = [None] * (len(request.score) if request.score else request.n)
+        self.context_tokens = 0          # prompt tokens billed
+        self.generated = 0
+        self.seconds = 0.0
+        self.open = 0                    # rows or scores not finished
+
+
+class _Row:
+    """One sequence being generated."""
+
+    def __init__(self, job: _Job, k: int, state: State):
+        self.job, self.k = job, k
+        self.visible, self.position, self.logits = state.visible, state.position, state.logits
+        self.tokens: list = []           # sampled so far
+        self.tail = ""                   # the end of the text so far, for stop strings
+        self.feed = None                 # a sampled token to feed in the next forward
+        self.finishing = False           # its last token is fed only to keep its state
+        self.done = False
+        self.generator = torch.Generator().manual_seed(derive_seed(job.request.seed, job.index, k))
+
+
+@dataclasses.dataclass
+class _Query:
+    """One token of the next forward: where it is written, what it sees, who wants its next-token logits."""
+    arena: Arena
+    token: int
+    position: int
+    visible: torch.Tensor            # slot indices it attends to (its own slot included)
+    slot: torch.Tensor               # (1,) the slot it is written to
+    on_logits: object = None         # called with (logits, seconds) after the forward; None: nobody needs them
+
+
+class Engine:
+    """Every sequence in flight on one backbone, advanced one token per `step`, all in one forward."""
+
+    def __init__(self, llm, max_tokens_per_step: int = 1024):
+        self.llm, self.model = llm, llm.model
+        self.max_tokens_per_step = max_tokens_per_step
+        self.arenas: dict = {}
+        self.prompts: list = []          # (job, prompt ids, continuations' ids): prompts waiting to be encoded
+        self.extra: list = []            # _Query: tokens of scored continuations waiting to be fed
+        self.rows: list = []
+        self.token_texts = llm.__dict__.setdefault("token_texts", {})     # token id -> its text, for stop strings
+
+    def submit(self, request: Request, index: int, arena_key, account, done) -> None:
+        if arena_key not in self.arenas:
+            self.arenas[arena_key] = Arena(self.model)
+        job = _Job(request, index, self.arenas[arena_key], account, done)
+        if request.state is not None:
+            self._start_rows(job, request.state)
+        else:
+            self.prompts.append((job, self.llm.encode(request.prompt + request.suffix),
+                                 [self.llm.encode(c) for c in request.score]))
+
+    def _start_rows(self, job: _Job, state: State) -> None:
+        job.context_tokens = state.length * job.request.n
+        job.open = job.request.n
+        self.rows += [_Row(job, k, state) for k in range(job.request.n)]
+
+    # ---------------------------------------------------------------- one step
+    @torch.no_grad()
+    def step(self) -> None:
+        """Sample a token for every row that can, then one forward over every token to feed."""
+        start = time.perf_counter()
+        self._sample()
+        queries = []
+        for row in self.rows:                               # each row feeds the token it just sampled
+            slot = row.job.arena.take([row.position])
+            row.visible = torch.cat([row.visible, slot])
+            queries.append(_Query(row.job.arena, row.feed, row.position, row.visible, slot,
+                                  lambda logits, seconds, row=row: self._fed(row, logits, seconds)))
+        queries += self.extra
+        self.extra = []
+        while self.prompts and (len(queries) + len(self.prompts[0][1]) <= self.max_tokens_per_step or not queries):
+            self._queue_prompt(*self.prompts.pop(0), queries)
+        if queries:
+            logits = self._forward(queries)
+            seconds = (time.perf_counter() - start) / len(queries)
+            for query, row_logits in zip([q for q in queries if q.on_logits], logits):
+                query.on_logits(row_logits, seconds)
+        self.rows = [row for row in self.rows if not row.done]
+
+    def _sample(self) -> None:
+        """Each row with fresh logits draws its next token: argmax at temperature 0, else Gumbel-max with the
+        row's own generator (the same draws whatever else is in the batch)."""
+        ready = [row for row in self.rows if row.logits is not None]
+        if not ready:
+            return
+        logits = torch.stack([row.logits for row in ready]).float()                  # (rows, vocab)
+        sampled = [r for r, row in enumerate(ready) if row.job.request.temperature > 0]
+        if sampled:                                          # Gumbel-max: argmax(logits / T + Gumbel noise)
+            uniform = torch.stack([torch.rand(logits.shape[1], generator=ready[r].generator) for r in sampled])
+            temperature = torch.tensor([[ready[r].job.request.temperature] for r in sampled])
+            noise = -torch.log(-torch.log(uniform.clamp_(1e-20, 1 - 1e-7)))
+            logits[sampled] = logits[sampled] / temperature.to(logits.device) + noise.to(logits.device)
+        scores = logits
+        for row, token in zip(ready, scores.argmax(-1).tolist()):
+            row.logits = None
+            request = row.job.request
+            if token in self.llm.end_ids:                    # the model ended it: nothing to feed
+                self._finish(row, ended=True)
+                continue
+            row.tokens.append(token)
+            if token not in self.token_texts:
+                self.token_texts[token] = self.llm.tokenizer.decode([token])
+            row.tail = (row.tail + self.token_texts[token])[-64:]
+            stopped = any(s in row.tail for s in request.stop) or len(row.tokens) >= request.max_new_tokens
+            if stopped and not request.keep:
+                self._finish(row)
+            else:
+                row.feed, row.finishing = token, stopped
+        self.rows = [row for row in self.rows if not row.done]
+
+    def _fed(self, row: _Row, logits: torch.Tensor, seconds: float) -> None:
+        """A row's token went through the model: its next-token logits are ready (finishing: so is its state)."""
+        row.job.seconds += seconds
+        row.position += 1
+        row.feed, row.logits = None, logits
+        if row.finishing:
+            row.logits = None
+            self._finish(row, state=State(row.job.arena, row.visible, row.position, logits, row.position))
+
+    def _finish(self, row: _Row, ended: bool = False, state: State | None = None) -> None:
+        text = self.llm.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        for stop in row.job.request.stop:
+            text = text.split(stop)[0]
+        row.job.generated += len(row.tokens)
+        row.job.results[row.k] = Generated(text, len(row.tokens), ended, state)
+        row.done = True
+        self._close(row.job)
+
+    def _close(self, job: _Job) -> None:
+        """One more row or score of the job is done; when all are, bill the job and hand over its results."""
+        job.open -= 1
+        if job.open == 0:
+            self.llm.charge(calls=len(job.results), prompt_tokens=job.context_tokens,
+                            generated_tokens=job.generated, seconds=job.seconds, account=job.account)
+            job.done(job.results)
+
+    # ---------------------------------------------------------------- prompts and scores
+    def _queue_prompt(self, job: _Job, ids: list, continuations: list, queries: list) -> None:
+        """Queue the tokens of a prompt that its arena does not hold yet: each sees the shared prefix and the
+        tokens before it. When its last token is through, the request's rows (or scores) start."""
+        arena, request = job.arena, job.request
+        job.context_tokens = (sum(len(ids) + len(c) for c in continuations) if request.score
+                              else len(ids) * request.n)
+
+        def start(state):
+            self._queue_scores(job, state, continuations) if request.score else self._start_rows(job, state)
+        common, prefix_slots, same = arena.shared_prefix(ids)
+        if same is not None:                                # this very prompt is here: share its end
+            def ready(prompt=same):
+                start(State(arena, prompt.slots, len(ids), prompt.logits, len(ids)))
+            ready() if same.logits is not None else same.waiting.append(ready)
+            return
+        prefix_slots = prefix_slots if common else torch.empty(0, dtype=torch.long, device=arena.device)
+        slots = arena.take(list(range(common, len(ids))))
+        prompt = _Prompt(ids, torch.cat([prefix_slots, slots]))
+        arena.prompts.append(prompt)
+
+        def prompt_done(last_logits, seconds, fed=len(ids) - common):
+            job.seconds += seconds * fed                    # the forward's time, by the tokens this prompt fed
+            prompt.logits = last_logits
+            start(State(arena, prompt.slots, len(ids), last_logits, len(ids)))
+            for ready in prompt.waiting:
+                ready()
+        for k in range(len(ids) - common):
+            queries.append(_Query(arena, ids[common + k], common + k, prompt.slots[:common + k + 1], slots[k:k + 1],
+                                  prompt_done if k == len(ids) - common - 1 else None))
+
+    def _queue_scores(self, job: _Job, state: State, continuations: list) -> None:
+        """log p(continuation | prompt) for each continuation: the first token's probability is read off the
+        prompt's logits; a longer continuation feeds its tokens (a branch that sees the prompt and itself)."""
+        job.open = len(continuations)
+        for c, ids in enumerate(continuations):
+            terms = [float(torch.log_softmax(state.logits.float(), -1)[ids[0]])]
+            if len(ids) == 1:
+                job.results[c] = terms[0]
+                self._close(job)
+                continue
+            slots = job.arena.take(list(range(state.position, state.position + len(ids) - 1)))
+
+            def scored(logits, seconds, k, c=c, ids=ids, terms=terms):
+                job.seconds += seconds
+                terms.append(float(torch.log_softmax(logits.float(), -1)[ids[k + 1]]))
+                if len(terms) == len(ids):
+                    job.results[c] = sum(terms)
+                    self._close(job)
+            for k in range(len(ids) - 1):
+                self.extra.append(_Query(job.arena, ids[k], state.position + k,
+                                         torch.cat([state.visible, slots[:k + 1]]), slots[k:k + 1],
+                                         lambda logits, seconds, k=k, scored=scored: scored(logits, seconds, k)))
+
+    # ---------------------------------------------------------------- the forward
+    def _forward(self, queries: list) -> torch.Tensor:
+        """One forward of the model over every queued token (one flat batch, whatever arena each belongs to);
+        returns the next-token logits of the tokens that want them, in order: (wanted, vocab)."""
+        device = self.llm.device
+        by_arena = {}
+        for q, query in enumerate(queries):
+            by_arena.setdefault(id(query.arena), (query.arena, []))[1].append(q)
+        _parts.clear()
+        for arena, index in by_arena.values():
+            visible = [queries[q].visible for q in index]
+            mask = torch.zeros(len(index), arena.length, dtype=torch.bool, device=device)   # (q, arena length)
+            rows = torch.repeat_interleave(torch.arange(len(index), device=device),
+                                           torch.tensor([len(v) for v in visible], device=device))
+            mask[rows, torch.cat(visible)] = True
+            _parts.append((arena, torch.tensor(index, device=device), torch.cat([queries[q].slot for q in index]),
+                           mask))
+        ids = torch.tensor([[query.token for query in queries]], device=device)            # (1, Q)
+        positions = torch.tensor([[query.position for query in queries]], device=device)    # (1, Q)
+        wanted = torch.tensor([q for q, query in enumerate(queries) if query.on_logits], device=device)
+        config = self.model.config
+        usual, config._attn_implementation = config._attn_implementation, ARENA_ATTENTION
+        try:
+            return self.model(input_ids=ids, position_ids=positions, past_key_values=_ArenaCache(),
+                              use_cache=True, logits_to_keep=wanted).logits[0]
+        finally:
+            config._attn_implementation = usual
+            _parts.clear()
