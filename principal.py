@@ -32,6 +32,8 @@ LISTWISE_PROMPT = ("Here is a math problem and {m} candidate solutions.\n\nProbl
                    "Rank the candidates from most to least likely to be correct. Reply with the letters only, "
                    "best first, separated by '>', for example: {example}")
 
+PRINCIPAL_MODES = ("score", "listwise")   # what rank_classes accepts as `mode`
+
 
 @dataclasses.dataclass
 class PrincipalOrder:

@@ -9,6 +9,7 @@ What is checked against what:
     and on malformed files; the download path offline, through file:// URLs;
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
     through llm.py: cached-prefix sampling equals plain sampling under greedy decoding;
+  - bad input: every entry point answers it with one line `error: ...`, before any model or data is loaded;
   - MCTS against hand computations on a fake model with scripted steps;
   - Hedge against its closed form; the theorems on the synthetic games of theory.py, checked to reject impostor
     learners (follow-the-leader, last-round-only);
@@ -35,7 +36,11 @@ import numpy as np
 import pytest
 import torch
 
+import align
+import evaluate
 import llm
+import mcts
+import mlpo
 from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_dominated, counterfactual_utilities,
                    delegate, expected_utilities, nash_gap, pareto_share, play_delegation_game, rank_feedback)
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
@@ -683,10 +688,15 @@ def test_one_copy_per_backbone(tiny_model_dir, tiny_llm):
 
 
 def test_load_errors_are_clear(tmp_path):
-    with pytest.raises(llm.ModelLoadError, match="could not load model"):
+    with pytest.raises(llm.ModelLoadError, match="model folder '.*no-such-model' does not exist"):
         llm.load_llm(str(tmp_path / "no-such-model"))
     with pytest.raises(llm.ModelLoadError, match="does not exist"):
         llm.load_llm(str(tmp_path / "missing.gguf"))
+    with pytest.raises(llm.ModelLoadError, match="holds no config.json"):
+        llm.load_llm(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(llm.ModelLoadError, match="could not load model"):
+        llm.load_llm(str(tmp_path))
 
 
 # ---------------------------------------------------------------- evaluate.py: runs in subprocesses
@@ -1413,3 +1423,167 @@ def test_the_embedded_gguf_model_saves_and_reloads(tmp_path):
     again = llm.load_llm(str(tmp_path), device="cpu")
     prompt = model.chat("What is 2 + 3?")
     assert model.sample(prompt, 1, max_new_tokens=12) == again.sample(prompt, 1, max_new_tokens=12)
+
+
+# ---------------------------------------------------------------- issue 13: bad input gets one line, before loading
+
+ENTRY_POINTS = {"evaluate.py": evaluate.main, "align.py": align.main, "mcts.py": mcts.main, "mlpo.py": mlpo.main}
+BAD_INPUT = [  # (entry point, arguments, what its one line must say)
+    ("evaluate.py", ["--limit", "0"], "--limit must be at least 1 (got 0)"),
+    ("evaluate.py", ["--limit", "-1"], "--limit must be at least 1 (got -1)"),
+    ("evaluate.py", ["--dtype", "nonsense"], "--dtype must be one of float32, bfloat16, float16 (got 'nonsense')"),
+    ("evaluate.py", ["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    ("evaluate.py", ["--device", "cuda:99"], "--device cuda:99"),
+    ("evaluate.py", ["--eta", "-1"], "--eta must be positive (got -1.0)"),
+    ("evaluate.py", ["--max-rounds", "0"], "--max-rounds must be at least 1 (got 0)"),
+    ("evaluate.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("evaluate.py", ["--sc-samples", "0"], "--sc-samples must be at least 1 (got 0)"),
+    ("evaluate.py", ["--leader-rounds", "0"], "--leader-rounds must be at least 1 (got 0)"),
+    ("evaluate.py", ["--principal-mode", "nonsense"], "--principal-mode must be one of score, listwise"),
+    ("evaluate.py", ["--rule", "nonsense"], "--rule must be one of product, product01"),
+    ("evaluate.py", ["--methods", "cot,cot"], "listed twice"),
+    ("evaluate.py", ["--methods", "cot,nope"], "unknown method"),
+    ("evaluate.py", ["--dataset", "nope"], "--dataset must be one of"),
+    ("evaluate.py", ["--preset", "huge"], "--preset must be one of tiny, paper"),
+    ("evaluate.py", ["--resume", "--overwrite"], "pass one of them"),
+    ("evaluate.py", ["--data-dir", "/no/such/folder"], "--data-dir /no/such/folder: no such folder"),
+    ("evaluate.py", ["--model", "/no/such/path"], "model folder '/no/such/path' does not exist"),
+    ("evaluate.py", ["--methods", "leader@./no/such/leader"], "'./no/such/leader' does not exist"),
+    ("align.py", ["--question", ""], "--question is empty"),
+    ("align.py", ["--question", "  "], "--question is empty"),
+    ("align.py", ["--kind", "nonsense"], "--kind must be one of number, math, choice, text"),
+    ("align.py", ["--eta", "0"], "--eta must be positive"),
+    ("align.py", ["--device", "nonsense"], "is not a device"),
+    ("align.py", ["--model", "/no/such/path"], "does not exist"),
+    ("mcts.py", ["--question", ""], "--question is empty"),
+    ("mcts.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("mcts.py", ["--model", "../no/such/path"], "does not exist"),
+    ("mlpo.py", ["train", "--group-size", "0"], "--group-size must be at least 1 (got 0)"),
+    ("mlpo.py", ["train", "--steps", "-1"], "--steps must be at least 1 (got -1)"),
+    ("mlpo.py", ["train", "--questions", "0"], "--questions must be at least 1 (got 0)"),
+    ("mlpo.py", ["train", "--temperature", "0"], "--temperature must be positive"),
+    ("mlpo.py", ["train", "--device", "nonsense"], "is not a device"),
+    ("mlpo.py", ["train", "--model", "/no/such/path"], "does not exist"),
+    ("mlpo.py", ["sft", "--learning-rate", "0"], "--learning-rate must be positive"),
+] + ([("evaluate.py", ["--device", "cuda"], "--device cuda: no GPU is visible here"),
+      ("mlpo.py", ["train", "--device", "cuda"], "no GPU is visible here")] if not torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Any model, tokenizer or dataset loaded, or any connection opened, fails the test."""
+    import transformers
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} was loaded")
+        return fail
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse("a model"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse("a tokenizer"))
+    monkeypatch.setattr(evaluate, "load_problems", refuse("a dataset"))
+    monkeypatch.setattr(mlpo, "load_problems", refuse("a dataset"))
+    monkeypatch.setattr("socket.socket.connect", refuse("a connection"))
+
+
+def one_line_error(entry_point, argv) -> str:
+    with pytest.raises(SystemExit) as exit:
+        entry_point(argv)
+    message = str(exit.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("script, args, says", BAD_INPUT, ids=[" ".join([s, *a]) for s, a, _ in BAD_INPUT])
+def test_bad_input_gets_one_line_before_any_model_or_data(script, args, says, nothing_loads):
+    assert says in one_line_error(ENTRY_POINTS[script], args)
+
+
+def test_bad_input_on_the_command_line_is_one_line_on_stderr_in_seconds():
+    cases = [["evaluate.py", "--limit", "0"], ["align.py", "--kind", "nonsense"], ["mcts.py", "--rollouts", "0"],
+             ["mlpo.py", "train", "--group-size", "0"]] + ([["evaluate.py", "--device", "cuda"]]
+                                                           if not torch.cuda.is_available() else [])
+    for args in cases:
+        start = time.perf_counter()
+        bad = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (args, bad.stderr)
+        assert time.perf_counter() - start < 60, args       # an import, a check: no model, no data
+
+
+def test_empty_data_files_and_null_answers_name_the_file_and_line(tmp_path):
+    def write(relative, text):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    empty = write("gsm8k/test.jsonl", "\n")
+    with pytest.raises(DataError, match=f"no problems in {re.escape(empty)}"):
+        load_problems("gsm8k", str(tmp_path))
+    write("gsm8k/test.jsonl", '{"question": "q", "answer": "1 #### 1"}\n{"question": "q", "answer": null}\n')
+    with pytest.raises(DataError, match=r"gsm8k/test.jsonl, line 2: field\(s\) \['answer'\] hold \[None\]"):
+        load_problems("gsm8k", str(tmp_path))
+    write("gsm_hard/gsmhardv2.jsonl", '{"input": "q", "target": 3.0}\n\n{"input": "q", "target": null}\n')
+    with pytest.raises(DataError, match=r"gsmhardv2.jsonl, line 3: field\(s\) \['target'\]"):
+        load_problems("gsm_hard", str(tmp_path))
+    write("math500/test.jsonl", '{"problem": "", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"math500/test.jsonl, line 1: field\(s\) \['problem'\] hold \[''\]"):
+        load_problems("math500", str(tmp_path))
+    write("bbh/navigate.json", '{"examples": []}')
+    with pytest.raises(DataError, match=r"no problems in .*bbh/navigate.json"):
+        load_problems("bbh:navigate", str(tmp_path))
+    write("mmlu/dev/anatomy_dev.csv", "q,a,b,c,d,A\n")
+    write("mmlu/test/anatomy_test.csv", "")
+    with pytest.raises(DataError, match=r"no problems in .*mmlu/test/anatomy_test.csv"):
+        load_problems("mmlu:anatomy", str(tmp_path))
+    for limit in (0, -1):
+        with pytest.raises(DataError, match=f"limit must be at least 1 \\(got {limit}\\)"):
+            load_problems("arith", limit=limit)
+    assert len(load_problems("arith", limit=1)) == 1
+
+
+def test_an_empty_data_file_stops_evaluate_before_any_model(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("")
+    import transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: 1 / 0)
+    message = one_line_error(evaluate.main, ["--dataset", "gsm8k", "--data-dir", str(tmp_path), "--output",
+                                             str(tmp_path / "r.jsonl")])
+    assert "no problems in" in message and "gsm8k/test.jsonl" in message
+
+
+@pytest.mark.parametrize("argv", [["evaluate.py"], ["align.py"], ["mcts.py"], ["mlpo.py", "train"], ["mlpo.py", "sft"]])
+def test_help_says_each_default_once(argv, capsys):
+    with pytest.raises(SystemExit):
+        ENTRY_POINTS[argv[0]](argv[1:] + ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    twice = re.search(r".{0,60}\(default[^()]*\) \(default", text)
+    assert twice is None, twice
+    assert text.count("(default: ") >= 5
+
+
+def test_a_model_the_hub_would_have_to_serve_fails_in_seconds_offline(monkeypatch):
+    import huggingface_hub.constants
+    for offline, endpoint, says in [(True, "https://huggingface.co", "HF_HUB_OFFLINE is set"),
+                                    (False, "http://127.0.0.1:9", "the hub cannot be reached (127.0.0.1:9")]:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        start = time.perf_counter()
+        with pytest.raises(llm.ModelLoadError, match=re.escape(says)) as error:
+            llm.load_llm("nosuchorg/nosuchmodel", device="cpu")
+        assert time.perf_counter() - start < 10 and "\n" not in str(error.value)
+        assert "not in the local Hugging Face cache" in str(error.value)
+
+
+def test_evaluate_with_an_unreachable_hub_stops_in_seconds(tiny_model_dir, tmp_path):
+    """The issue's leader-solo@nosuchmodel took ~45 s of hub retries; the other roles load the tiny model."""
+    start = time.perf_counter()
+    bad = subprocess.run([sys.executable, "evaluate.py", "--dataset", "arith", "--methods", "leader-solo@nosuchmodel",
+                          "--limit", "1", "--model", tiny_model_dir, "--output", str(tmp_path / "r.jsonl"),
+                          "--no-progress"], cwd=HERE, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    seconds = time.perf_counter() - start
+    last = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert last.startswith("error: could not load model 'nosuchmodel'") and "cannot be reached" in last, last
+    assert seconds < 30, seconds
