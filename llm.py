@@ -292,6 +292,7 @@ class LLM:
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
         self.end_ids = {i for i in eos + [tokenizer.eos_token_id, self.pad_id] if i is not None}
+        self.system_role = True         # whether the chat template takes a system turn (chat finds out)
 
     def charge(self, calls: int = 0, prompt_tokens: int = 0, generated_tokens: int = 0, seconds: float = 0.0,
                account=None) -> None:
@@ -309,14 +310,27 @@ class LLM:
         """The prompt text for a user turn, through the chat template when the tokenizer has one.
 
         `examples` are (user, assistant) pairs shown as earlier turns (few-shot); `assistant_prefix` is
-        text the assistant has already written (MCTS continues partial solutions).
+        text the assistant has already written (MCTS continues partial solutions). `system` is a system turn,
+        or the head of the first user turn where the template has no system role.
         """
         turns = [t for q, a in examples for t in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
-        turns += [{"role": "user", "content": user}]
+        turns += [{"role": "user", "content": user}]              # user and assistant strictly alternate
         if getattr(self.tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": system}] if system else []) + turns
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            def render(messages):
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # [ours] without a system role, the system text heads the first user turn
+            folded = [{"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}] + turns[1:]
+            if not system:
+                text = render(turns)
+            elif not self.system_role:
+                text = render(folded)
+            else:
+                try:
+                    text = render([{"role": "system", "content": system}] + turns)
+                except Exception:  # jinja2's TemplateError: Mistral's and Gemma's templates raise on a system turn
+                    text = render(folded)           # raises the template's own error if that was not the cause
+                    self.system_role = False
         else:
             text = (f"{system}\n\n" if system else "") + "".join(
                 f"{t['role'].title()}: {t['content']}\n" for t in turns) + "Assistant: "

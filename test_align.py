@@ -8,7 +8,9 @@ What is checked against what:
   - the data loaders on the data folder ($ALIGN_DATA_DIR, else a folder `shared/data` beside the repository)
     and on malformed files; the download path offline, through file:// URLs;
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
-    through llm.py: cached-prefix sampling equals plain sampling under greedy decoding;
+    through llm.py: cached-prefix sampling equals plain sampling under greedy decoding; the same, and one seeded
+    search, on tiny random models of the paper preset's classes (Mistral, Ministral, Phi-3, Qwen2); prompts through
+    a chat template as strict as Mistral's;
   - bad input: every entry point answers it with one line `error: ...`, before any model or data is loaded;
   - MCTS against hand computations on a fake model with scripted steps;
   - Hedge against its closed form; the theorems on the synthetic games of theory.py, checked to reject impostor
@@ -62,10 +64,35 @@ needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="n
 
 # ---------------------------------------------------------------- fixtures
 
-def make_tiny_model(folder: str) -> str:
-    """A tiny random Llama and a byte-level BPE tokenizer trained in memory, saved with save_pretrained."""
+# The model classes of the `paper` preset, tiny and random: (config class, model class, settings). The windows of
+# the sliding-window classes are set by the tests (TINY_WINDOW unless a test says otherwise).
+TINY_WINDOW = 128
+TINY_ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),                               # SmolLM2, the embedded model
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": TINY_WINDOW}),  # zephyr-7b-beta
+    "ministral": ("MinistralConfig", "MinistralForCausalLM",                          # Ministral-8B-Instruct-2410
+                  {"sliding_window": TINY_WINDOW, "head_dim": 16,
+                   "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": TINY_WINDOW}),     # Phi-3-mini-4k-instruct
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),                               # Qwen2.5-7B-Instruct: no window
+}
+# A chat template with the rules real ones enforce (Mistral-7B-Instruct's, older Gemma's): no system role, and
+# user and assistant strictly alternating, starting with the user.
+STRICT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def make_tiny_model(folder: str, architecture: str = "llama", chat_template: str | None = None, **settings) -> str:
+    """A tiny random model of one of TINY_ARCHITECTURES and a byte-level BPE tokenizer trained in memory, saved
+    with save_pretrained. `settings` override the model's config (e.g. sliding_window=16)."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,15 +104,18 @@ def make_tiny_model(folder: str) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", bos_token="<|im_start|>")
-    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.5,  # large weights: outputs depend visibly on positions and masks
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id)
+    fast.chat_template = chat_template or (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    config_class, model_class, architecture_settings = TINY_ARCHITECTURES[architecture]
+    config = getattr(transformers, config_class)(
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        initializer_range=0.5,  # large weights: outputs depend visibly on positions and masks
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
+        **{**architecture_settings, **settings})
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    getattr(transformers, model_class)(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
@@ -1587,3 +1617,93 @@ def test_evaluate_with_an_unreachable_hub_stops_in_seconds(tiny_model_dir, tmp_p
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert last.startswith("error: could not load model 'nosuchmodel'") and "cannot be reached" in last, last
     assert seconds < 30, seconds
+
+
+# ---------------------------------------------------------------- issue 13: the paper preset, without a GPU
+
+PAPER_ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a != "llama"]
+_TINY_MODELS: dict = {}
+
+
+def tiny_llm_of(architecture: str, tmp_path_factory, **settings):
+    """The tiny random model of an architecture, built once per session and loaded through llm.py."""
+    key = (architecture, tuple(sorted(settings.items())))
+    if key not in _TINY_MODELS:
+        folder = make_tiny_model(str(tmp_path_factory.mktemp(f"tiny-{architecture}")), architecture, **settings)
+        _TINY_MODELS[key] = llm.load_llm(folder, device="cpu")
+    return _TINY_MODELS[key]
+
+
+def greedy_three_ways(model, suffixes=("", "Step 1", "The answer is 7.\nStep 1: 12 - 5"), max_new_tokens=12):
+    """Greedy continuations through the shared-prefix cache, left-padded batches, and one sequence per call."""
+    prompt = model.chat("Tom has 3 apples and buys 5 more.", examples=[("Is this correct?", "Yes")])
+    cached = model.generate(prompt, list(suffixes), 2, max_new_tokens=max_new_tokens)
+    plain = model.generate(prompt, list(suffixes), 2, max_new_tokens=max_new_tokens, use_prefix_cache=False)
+    one_by_one = model.generate(prompt, list(suffixes), 1, max_new_tokens=max_new_tokens, use_prefix_cache=False,
+                                max_batch_size=1)
+    longest = len(model.encode(prompt)) + max(len(model.encode(s)) for s in suffixes) * 2 + max_new_tokens
+    return cached, plain, one_by_one, longest
+
+
+@pytest.mark.parametrize("architecture", PAPER_ARCHITECTURES)
+def test_cached_prefix_greedy_equals_uncached_on_the_paper_architectures(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory)
+    assert type(model.model).__name__ == TINY_ARCHITECTURES[architecture][1]
+    cached, plain, one_by_one, longest = greedy_three_ways(model)
+    assert longest < TINY_WINDOW             # every row, pads included, inside the sliding window
+    assert cached == plain
+    assert [texts[0] for texts in cached] == [texts[0] for texts in one_by_one]
+    assert len({texts[0] for texts in cached}) == 3
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "ministral", "phi3"])
+def test_past_a_sliding_window_a_row_without_pads_still_equals_uncached(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory, sliding_window=16)
+    for suffix in ("", "Step 1", "The answer is 7.\nStep 1: 12 - 5"):
+        cached, plain, _, longest = greedy_three_ways(model, (suffix,))
+        assert longest > 16 and cached == plain
+
+
+@pytest.mark.xfail(strict=True, reason="the shared-prefix layout [prefix | pads | suffix] puts pads inside the "
+                   "sliding window: the window counts cache slots, pads included, so a padded row sees fewer real "
+                   "tokens than the left-padded reference. Harmless while every sequence fits in the window "
+                   "(Mistral/Zephyr 4096, Phi-3-mini-4k 2047 tokens); LLM.generate should fall back past it.")
+@pytest.mark.parametrize("architecture", ["mistral", "ministral", "phi3"])
+def test_past_a_sliding_window_padded_rows_equal_uncached(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory, sliding_window=16)
+    cached, plain, _, _ = greedy_three_ways(model)
+    assert cached == plain
+
+
+@pytest.mark.parametrize("architecture", PAPER_ARCHITECTURES)
+def test_one_search_on_each_paper_architecture_is_seeded(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory)
+    agent, config = Agent(architecture, model, 1.0), SearchConfig(rollouts=3, step_tokens=4, completion_tokens=6)
+    first = search(agent, "Tom has 3 apples and buys 5 more. How many?", "number", config, seed=1)
+    again = search(agent, "Tom has 3 apples and buys 5 more. How many?", "number", config, seed=1)
+    assert [(s.answer, s.trace) for s in first.samples] == [(s.answer, s.trace) for s in again.samples]
+    assert len(first.samples) >= 1 and first.cost["generated_tokens"] > 0
+
+
+def test_a_strict_chat_template_gets_no_system_turn_and_strictly_alternating_turns(tmp_path):
+    """Mistral-style templates raise on a system turn and on two turns of one role in a row: every prompt the
+    project builds must pass through one, and a system text must reach the model in the first user turn."""
+    from jinja2.exceptions import TemplateError
+    strict = llm.load_llm(make_tiny_model(str(tmp_path), chat_template=STRICT_CHAT_TEMPLATE), device="cpu")
+    with pytest.raises(TemplateError, match="alternate"):       # the template is as strict as real ones
+        strict.tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                                             tokenize=False)
+    assert strict.chat("What is 2 + 3?", system="Be brief.") == "<|im_start|>[INST] Be brief.\n\nWhat is 2 + 3? [/INST]"
+    assert strict.system_role is False
+    assert strict.chat("q", system="S", examples=[("a", "b")]).startswith("<|im_start|>[INST] S\n\na [/INST]b")
+    prompts = [Agent("a", strict).prompt("Tom has 3 apples.", kind) for kind in ("number", "math", "choice", "text")]
+    prompts += [mlpo.leader_prompt(strict, "Tom has 3 apples.", ["7", "8", "9"]),
+                mlpo.leader_prompt(strict, "Tom has 3 apples.", None),
+                mlpo.backtrack_request(strict, "Tom has 3 apples.", {"team": ["7", "8"], "wrong": "8", "right": "7"})]
+    assert all(p.count("[INST]") >= 2 for p in prompts)          # few-shot turns and the question, alternating
+    for mode in ("score", "listwise"):                               # the principal's prompts
+        order = rank_classes(strict, "Tom has 3 apples.", ["7", "8"], ["It is 7.", "It is 8."], mode, max_new_tokens=4)
+        assert sorted(order.order) == [0, 1]
+    assert strict.sample(prompts[0], 1, max_new_tokens=4) is not None
+    with_system = llm.load_llm(make_tiny_model(str(tmp_path / "plain")), device="cpu")
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in with_system.chat("q", system="Be brief.")
