@@ -3,6 +3,7 @@ evaluate.py -- run methods on a dataset and compare them at equal cost accountin
 
     python evaluate.py --dataset arith --methods cot,sc --limit 30          # minutes on 2 CPU cores
     python evaluate.py --dataset gsm8k --methods cot,sc,vote,principal,align --preset paper   # on a GPU
+    python evaluate.py --preset paper --check      # each role's model, its size, the GPU's memory: loads nothing
     torchrun --nproc-per-node 4 evaluate.py --dataset gsm8k --preset paper   # data-parallel, one GPU a rank
 
 Every method answers every problem through the same counters (llm.py): model calls, prompt and generated
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from align import GameConfig, candidates, delegate, pool_classes, principal_order, validate_game_config
 from data import DataError, DATASETS, load_problems
 from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, billing, check_device_and_dtype, check_model_name,
-                 derive_seed, load_llm, option, parse_configs, print_config, require,
+                 derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
                  require_at_least, spent)
 from mcts import SearchConfig, make_agents, validate_search_config
 from mlpo import LeaderConfig, lead, validate_leader_config
@@ -61,6 +62,8 @@ class EvalConfig:
     sc_samples: int = option(8, "[ours] sampled chains for self-consistency")
     sc_temperature: float = option(0.7, "[ours] temperature of the self-consistency chains")
     progress: bool = option(True, "show a progress bar")
+    check: bool = option(False, "print each role's model, its size in the dtype, the total against the GPU's "
+                                "memory and whether each is in the local cache; load, download and run nothing")
 
 
 # ================================================================ what methods share, and how it is charged
@@ -480,6 +483,17 @@ def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameCon
     validate_leader_config(leader_config)
 
 
+def role_models(config: EvalConfig) -> list:
+    """(role, model name) for every role a run of this configuration may load, as Context would load it."""
+    preset = PRESETS[config.preset]
+    roles = [(f"agent-{i} (T={temperature})", config.model or name) for i, (name, temperature)
+             in enumerate(preset["agents"])]
+    roles.append(("principal", config.principal_model or config.model or preset["principal"]))
+    roles.append(("leader", config.leader or config.model or preset["leader"]))
+    return roles + [(f"principal+leader of {method.partition('@')[0]}@", method.partition("@")[2])
+                    for method in parse_methods(config.methods) if "@" in method]
+
+
 def main(argv=None):
     config, search, game, leader_config = parse_configs(__doc__.split("\n\n")[0], EvalConfig, SearchConfig,
                                                         GameConfig, LeaderConfig, argv=argv)
@@ -487,6 +501,9 @@ def main(argv=None):
         validate_eval_config(config, search, game, leader_config)
     except (ConfigError, DataError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from None
+    if config.check:
+        print(describe_models(role_models(config), config.device, config.dtype))
+        return []
     if int(os.environ.get("RANK", 0)) == 0:
         print_config(config, search, game, leader_config)
     try:

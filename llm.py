@@ -36,6 +36,8 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import json
+import math
 import os
 import socket
 import time
@@ -224,6 +226,127 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
     if not fresh:
         _LOADED[key] = llm
     return llm
+
+
+# ---------------------------------------------------------------- what a run would load, before loading it
+# [ours] Parameter counts of the paper preset's models and the embedded one, so `evaluate.py --check` can size a
+# run with nothing downloaded. Counted from each model's published config.json (layers, widths, vocabulary, tied
+# or untied embeddings, Qwen2's q/k/v biases); they match the safetensors totals the hub's model pages show
+# (8.02B, 7.24B, 3.82B, 7.62B, 135M). test_align.py recounts them on meta-device models of those configs.
+KNOWN_PARAMETERS = {
+    "mistralai/Ministral-8B-Instruct-2410": 8_019_808_256,   # 36 layers, 4096 wide, vocabulary 131072
+    "HuggingFaceH4/zephyr-7b-beta": 7_241_732_096,           # Mistral-7B-v0.1: 32 layers, 4096 wide, 32000
+    "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,       # 32 layers, 3072 wide, vocabulary 32064
+    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,               # 28 layers, 3584 wide, vocabulary 152064
+    EMBEDDED_HUB_ID: 134_515_008,                            # 30 layers, 576 wide, 49152, tied embeddings
+}
+
+
+def _cached_hub_files(repo: str):
+    """(the cached safetensors files of a hub id, how many it has), or None when its config is not cached.
+    Reads the local Hugging Face cache only: never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename):
+        try:
+            path = try_to_load_from_cache(repo, filename)
+        except Exception:  # a name that is no valid repo id is not in the cache
+            return None
+        return path if isinstance(path, str) else None
+    if cached("config.json") is None:
+        return None
+    index, shards = cached("model.safetensors.index.json"), ["model.safetensors"]
+    if index:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    return [path for path in map(cached, shards) if path], len(shards)
+
+
+def _safetensors_parameters(paths: list) -> int:
+    """Parameters in safetensors files, from their headers alone (8 bytes of length, then JSON of the shapes)."""
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
+    return total
+
+
+def model_on_disk(name: str) -> tuple:
+    """(parameters or None, where the model is) for a model name, reading only local files."""
+    if name == EMBEDDED_ALIAS:
+        if _locate(name)[1]:                                         # the GGUF file of the installed package
+            return KNOWN_PARAMETERS[EMBEDDED_HUB_ID], "installed (the embedded package)"
+        return model_on_disk(EMBEDDED_HUB_ID)
+    path = os.path.expanduser(name)
+    if name.endswith(".gguf"):
+        return None, "local file" if os.path.isfile(path) else "no such file"
+    if os.path.isdir(path):
+        weights = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+        return (_safetensors_parameters(weights) if weights else None), "local folder"
+    if looks_like_path(name):
+        return None, "no such folder"
+    files = _cached_hub_files(name)
+    if files is None:
+        return KNOWN_PARAMETERS.get(name), "not in the local cache"
+    paths, shards = files
+    if len(paths) < shards:
+        return KNOWN_PARAMETERS.get(name), f"partly in the local cache ({len(paths)} of {shards} weight files)"
+    return _safetensors_parameters(paths), "in the local cache"
+
+
+def _amount(number: float, units: tuple, step: int, space: str) -> str:
+    for unit in units[:-1]:
+        if number < step:
+            return f"{number:.2f}{space}{unit}" if unit != units[0] else f"{number:.0f}{space}{unit}"
+        number /= step
+    return f"{number:.2f}{space}{units[-1]}"
+
+
+def count_text(parameters: int) -> str:
+    return _amount(parameters, ("", "K", "M", "B"), 1000, "")       # 8019808256 -> '8.02B'
+
+
+def bytes_text(size: float) -> str:
+    return _amount(size, ("B", "KiB", "MiB", "GiB"), 1024, " ")     # 53398749184 -> '49.73 GiB'
+
+
+def describe_models(roles: list, device: str | None = None, dtype: str | None = None) -> str:
+    """What a run would load, loading and downloading nothing: each role's model; each backbone (loaded once)
+    with its parameters, its size in the run's dtype and whether it is here; their total against the memory."""
+    check_device_and_dtype(device, dtype)
+    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    dtype = dtype or ("bfloat16" if on_gpu else "float32")
+    width, role_width = max(len(name) for _, name in roles) + 2, max(len(role) for role, _ in roles) + 2
+    lines = ["every role's model (a run loads those its methods use; nothing is loaded or downloaded now):"]
+    lines += [f"  {role:<{role_width}} {name}" for role, name in roles]
+    lines.append(f"backbones, each loaded once, in {dtype} ({DTYPES[dtype]} bytes a parameter):")
+    lines.append(f"  {'model':<{width}} {'parameters':>10} {'weights':>11}   where it is")
+    known, unknown = 0, 0
+    for name in dict.fromkeys(name for _, name in roles):
+        parameters, where = model_on_disk(name)
+        figures = (f"{count_text(parameters):>10} {bytes_text(parameters * DTYPES[dtype]):>11}" if parameters
+                   else f"{'unknown':>10} {'?':>11}")
+        lines.append(f"  {name:<{width}} {figures}   {where}")
+        known, unknown = known + (parameters or 0), unknown + (not parameters)
+    weights = known * DTYPES[dtype]
+    lines.append(f"  {'total':<{width}} {count_text(known):>10} {bytes_text(weights):>11}"
+                 + (f"   and {unknown} model(s) of unknown size" if unknown else ""))
+    if on_gpu:
+        index = (torch.device(device).index if device else None) or 0
+        properties = torch.cuda.get_device_properties(index)
+        memory = properties.total_memory
+        verdict = (f"the weights take {weights / memory:.0%}, leaving {bytes_text(memory - weights)} for the "
+                   f"key/value caches and activations" if weights < memory else "the weights do not fit")
+        lines.append(f"GPU cuda:{index} ({properties.name}): {bytes_text(memory)}; {verdict}")
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        lines.append(f"GPU: {'no GPU here' if not torch.cuda.is_available() else 'not used'}; the run would load "
+                     f"on the CPU, whose memory is {bytes_text(memory)}: the weights "
+                     f"{'fit' if weights < memory else 'do not fit'}"
+                     + (f"; in bfloat16 (the default on a GPU) they take {bytes_text(known * 2)}"
+                        if dtype != "bfloat16" else ""))
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass

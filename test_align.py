@@ -10,8 +10,10 @@ What is checked against what:
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
     through llm.py: cached-prefix sampling equals plain sampling under greedy decoding; the same, and one seeded
     search, on tiny random models of the paper preset's classes (Mistral, Ministral, Phi-3, Qwen2); prompts through
-    a chat template as strict as Mistral's;
+    a chat template as strict as Mistral's; the known parameter counts against models built from the published
+    configs on the meta device;
   - bad input: every entry point answers it with one line `error: ...`, before any model or data is loaded;
+    `evaluate.py --check` loads, downloads and connects to nothing;
   - MCTS against hand computations on a fake model with scripted steps;
   - Hedge against its closed form; the theorems on the synthetic games of theory.py, checked to reject impostor
     learners (follow-the-leader, last-round-only);
@@ -1707,3 +1709,100 @@ def test_a_strict_chat_template_gets_no_system_turn_and_strictly_alternating_tur
     assert strict.sample(prompts[0], 1, max_new_tokens=4) is not None
     with_system = llm.load_llm(make_tiny_model(str(tmp_path / "plain")), device="cpu")
     assert "<|im_start|>system\nBe brief.<|im_end|>" in with_system.chat("q", system="Be brief.")
+
+
+# [ours] The published config.json values of the paper preset's models (and the embedded one), from their hub pages.
+PUBLISHED_CONFIGS = {
+    "mistralai/Ministral-8B-Instruct-2410": ("MistralConfig", dict(
+        vocab_size=131072, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)),
+    "HuggingFaceH4/zephyr-7b-beta": ("MistralConfig", dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, tie_word_embeddings=False)),
+    "microsoft/Phi-3-mini-4k-instruct": ("Phi3Config", dict(
+        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, pad_token_id=32000, tie_word_embeddings=False)),
+    "Qwen/Qwen2.5-7B-Instruct": ("Qwen2Config", dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, tie_word_embeddings=False)),
+    llm.EMBEDDED_HUB_ID: ("LlamaConfig", dict(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, tie_word_embeddings=True)),
+}
+
+
+def test_known_parameter_counts_equal_models_built_from_the_published_configs():
+    import transformers
+    assert set(PUBLISHED_CONFIGS) == set(llm.KNOWN_PARAMETERS)
+    for name, (config_class, values) in PUBLISHED_CONFIGS.items():
+        with torch.device("meta"):                                    # shapes only: no memory, no time
+            model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**values))
+        assert sum(p.numel() for p in model.parameters()) == llm.KNOWN_PARAMETERS[name], name
+
+
+def fake_hub_cache(cache, repo: str, shards: dict, present: list) -> None:
+    """A Hugging Face cache entry for `repo`: config.json, a shard index, and the `present` shards, each a
+    safetensors file holding one tensor of the given shape (a header alone: that is all the count reads)."""
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (cache / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        f"w{i}": shard for i, shard in enumerate(shards)}}))
+    for shard in present:
+        header = json.dumps({"w": {"dtype": "BF16", "shape": shards[shard], "data_offsets": [0, 0]}}).encode()
+        (snapshot / shard).write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_check_prints_every_role_its_size_and_the_cache_loading_and_downloading_nothing(
+        tiny_model_dir, tiny_llm, tmp_path, monkeypatch, nothing_loads, capsys):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    fake_hub_cache(tmp_path, "Qwen/Qwen2.5-7B-Instruct", {"a.safetensors": [10, 10], "b.safetensors": [5]},
+                   ["a.safetensors"])
+    fake_hub_cache(tmp_path, "microsoft/Phi-3-mini-4k-instruct", {"a.safetensors": [3, 4], "b.safetensors": [5]},
+                   ["a.safetensors", "b.safetensors"])
+    assert evaluate.main(["--preset", "paper", "--check", "--dtype", "bfloat16"]) == []
+    out = capsys.readouterr().out
+    for role, name in [("agent-0 (T=0.7)", "mistralai/Ministral-8B-Instruct-2410"),
+                       ("agent-1 (T=0.7)", "HuggingFaceH4/zephyr-7b-beta"),
+                       ("principal", "Qwen/Qwen2.5-7B-Instruct"), ("leader", "Qwen/Qwen2.5-7B-Instruct")]:
+        assert re.search(rf"{re.escape(role)} +{re.escape(name)}\n", out), role
+    assert re.search(r"mistralai/Ministral-8B-Instruct-2410 +8\.02B +14\.94 GiB +not in the local cache", out)
+    assert re.search(r"Qwen/Qwen2\.5-7B-Instruct +7\.62B +14\.19 GiB +partly in the local cache \(1 of 2", out)
+    assert re.search(r"microsoft/Phi-3-mini-4k-instruct +17 +34 B +in the local cache", out)   # counted from files
+    assert out.count("Qwen/Qwen2.5-7B-Instruct ") == 1                 # one backbone, two roles
+    assert re.search(r"total +(\S+) +(\S+ \S+)", out).groups() == (
+        llm.count_text(8_019_808_256 + 7_241_732_096 + 17 + 7_615_616_512),
+        llm.bytes_text(2 * (8_019_808_256 + 7_241_732_096 + 17 + 7_615_616_512)))
+    assert ("GPU cuda:0" in out) if torch.cuda.is_available() else ("GPU: no GPU here" in out)
+    evaluate.main(["--check", "--model", tiny_model_dir])                # the tiny preset, one local backbone
+    out = capsys.readouterr().out
+    parameters = sum(p.numel() for p in tiny_llm.model.parameters())     # counted from the safetensors headers
+    assert re.search(rf"{re.escape(tiny_model_dir)} +{llm.count_text(parameters)} +{llm.bytes_text(4 * parameters)} "
+                     rf"+local folder", out)
+
+
+def test_check_on_the_command_line_offline():
+    out = run_cli("evaluate.py", "--preset", "paper", "--check", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert "Ministral-8B-Instruct-2410" in out and "total" in out and "GPU" in out
+
+
+def test_check_against_the_memory_of_a_gpu_and_the_devices_it_has(monkeypatch):
+    """The GPU branch of --check and of the device check, on a stand-in for torch.cuda (one 80 GB GPU)."""
+    import types
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(name="H100 stand-in", total_memory=80 * 10 ** 9))
+    roles = [("principal", "Qwen/Qwen2.5-7B-Instruct"), ("agent", "microsoft/Phi-3-mini-4k-instruct")]
+    out = llm.describe_models(roles)                                   # cuda and bf16: the defaults on a GPU
+    weights = 2 * (7_615_616_512 + 3_821_079_552)
+    assert "in bfloat16 (2 bytes a parameter)" in out
+    assert f"GPU cuda:0 (H100 stand-in): {llm.bytes_text(80 * 10 ** 9)}; the weights take {weights / 8e10:.0%}" in out
+    everything = roles + [("x", "mistralai/Ministral-8B-Instruct-2410"), ("y", "HuggingFaceH4/zephyr-7b-beta")]
+    assert "the weights do not fit" in llm.describe_models(everything, dtype="float32")    # 107 GB
+    llm.check_device_and_dtype("cuda:0", "bfloat16")
+    with pytest.raises(llm.ConfigError, match=r"--device cuda:1: this machine has 1 GPU\(s\), cuda:0 to cuda:0"):
+        llm.check_device_and_dtype("cuda:1")
