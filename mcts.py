@@ -35,8 +35,9 @@ from transformers import DynamicCache
 
 from data import load_problems
 from engine import Request, run_programs
-from llm import EMBEDDED_ALIAS, PRESETS, load_llm, option, parse_configs, print_config
-from utility import Sample, explicit_answer, extract_answer, group_into_classes, same_answer
+from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name,
+                 load_llm, option, parse_configs, print_config, require, require_at_least)
+from utility import KINDS, Sample, explicit_answer, extract_answer, group_into_classes, same_answer
 
 # ---------------------------------------------------------------- agents and their prompts
 # [ours] Few-shot exemplars written for this project (not taken from any dataset): one step per line,
@@ -117,6 +118,20 @@ class SearchConfig:
     exploration: float = option(1.0, "[ours] UCT exploration constant c")
     step_tokens: int = option(64, "[ours] max new tokens of one step")
     completion_tokens: int = option(256, "[ours] max new tokens of a simulation (completing a solution)")
+
+
+def validate_search_config(config: SearchConfig) -> None:
+    """A one-line ConfigError for a search setting that would search nothing."""
+    require_at_least(config, 1, "rollouts", "max_depth", "children", "parallel", "step_tokens", "completion_tokens")
+    require(config, "exploration", lambda c: c >= 0, "at least 0")
+
+
+def validate_question(question: str, kind: str) -> None:
+    """A one-line ConfigError for an empty --question or an unknown --kind (before any model is loaded)."""
+    if not question.strip():
+        raise ConfigError("--question is empty; pass the question to answer, e.g. --question \"What is 2 + 3?\"")
+    if kind not in KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
 
 
 @dataclasses.dataclass
@@ -338,7 +353,7 @@ class DemoConfig:
     """python mcts.py: one agent's search on one question, printed (or, with --benchmark, the engine's speed)."""
     question: str = option("Lena has 7 marbles. She finds 5 more and then gives 3 to Omar. "
                            "How many marbles does Lena have now?", "the question to search on")
-    kind: str = option("number", "answer kind: number, math, choice or text")
+    kind: str = option("number", f"answer kind: {', '.join(KINDS)}")
     model: str = option(EMBEDDED_ALIAS, "hub id, local folder, .gguf file, or smollm2-135m")
     temperature: float = option(0.7, "the agent's sampling temperature")
     seed: int = option(0, "random seed")
@@ -391,20 +406,38 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
     return {"engine": rates[True], "per_agent": rates[False], "limit": limit}
 
 
-if __name__ == "__main__":
-    demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig)
-    print_config(demo, search_config)
+def validate_demo_config(demo: DemoConfig) -> None:
+    validate_question(demo.question, demo.kind)
+    require(demo, "temperature", lambda t: t >= 0, "at least 0")
+    require_at_least(demo, 1, "benchmark_problems", "bare_batch")
+    check_device_and_dtype(demo.device)
+    check_model_name(demo.model)
+
+
+def main(argv=None) -> None:
+    demo, search_config = parse_configs(__doc__.split("\n\n")[0], DemoConfig, SearchConfig, argv=argv)
+    try:
+        validate_demo_config(demo)
+        validate_search_config(search_config)
+        print_config(demo, search_config)
+        if demo.benchmark:
+            problems = load_problems("arith", limit=demo.benchmark_problems, seed=demo.seed)
+            agents = make_agents("tiny", None if demo.model == EMBEDDED_ALIAS else demo.model, demo.device)
+        else:
+            agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
+    except (ConfigError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if demo.benchmark:
-        problems = load_problems("arith", limit=demo.benchmark_problems, seed=demo.seed)
-        agents = make_agents("tiny", None if demo.model == EMBEDDED_ALIAS else demo.model, demo.device)
         print(f"{len(problems)} arith problems x {len(agents)} agents, {search_config.rollouts} rollouts each, on "
               f"{agents[0].llm.device} ({torch.get_num_threads()} threads)")
         benchmark(agents, problems, search_config, demo.seed, demo.bare_batch)
     else:
-        agent = Agent("agent-0", load_llm(demo.model, demo.device), demo.temperature)
         result = search(agent, demo.question, demo.kind, search_config, demo.seed)
         print(render_tree(result.root))
         print("\nanswer classes (U = self-consistency share):")
         for c in result.classes:
             print(f"  {c.answer!r:>10}  U={c.utility:.2f}  ({len(c.samples)} of {len(result.samples)} solutions)")
         print(f"cost: {result.cost}  model invocations: {result.model_calls}")
+
+if __name__ == "__main__":
+    main()

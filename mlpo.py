@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from data import DataError, load_problems
 from engine import Request, run_programs
-from llm import PRESETS, ModelLoadError, load_llm, option, parse_configs, print_config
+from llm import (PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name, load_llm, option,
+                 parse_configs, print_config, require, require_at_least)
 from mcts import make_agents
 from utility import extract_answer, is_correct
 
@@ -104,6 +105,12 @@ class LeaderConfig:
     leader_temperature: float = option(0.0, "[ours] the leader's temperature at inference (0: greedy)")
     leader_max_new_tokens: int = option(256, "[ours] max new tokens of a leader reply or an agent revision")
     strict_format: bool = option(False, "[ours] read only a tagged <answer> (else fall back to extract_answer)")
+
+
+def validate_leader_config(config: LeaderConfig) -> None:
+    """A one-line ConfigError for a leader setting that would lead nothing."""
+    require_at_least(config, 1, "leader_rounds", "leader_max_new_tokens")
+    require(config, "leader_temperature", lambda t: t >= 0, "at least 0", "0 is greedy")
 
 
 def revision_question(question: str, previous: str, leader_reply: str) -> str:
@@ -177,14 +184,26 @@ class TrainConfig:
 
 
 def check_config(config, *at_least_one: str) -> None:
-    """A one-line error for a bad training setting, before any model is loaded."""
-    if config.dataset not in ("arith", "gsm8k"):
-        raise SystemExit(f"error: train on arith or gsm8k (their training splits), not {config.dataset!r}")
-    if config.preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
-    for name in at_least_one:
-        if getattr(config, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
+    """A one-line ConfigError for a bad training setting (TrainConfig or SFTConfig), before any model is loaded."""
+    require(config, "dataset", lambda dataset: dataset in ("arith", "gsm8k"), "arith or gsm8k",
+            "training reads their training splits")
+    require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
+    require_at_least(config, 1, *at_least_one, "max_new_tokens")
+    require(config, "learning_rate", lambda rate: rate > 0, "positive")
+    if isinstance(config, TrainConfig):   # G greedy samples would be one sample G times: no advantage, no update
+        require(config, "temperature", lambda t: t > 0, "positive",
+                "a group of greedy samples is one sample G times, with no advantage to learn from")
+    else:
+        require(config, "temperature", lambda t: t >= 0, "at least 0")
+    for name in ("clip_epsilon", "easy_threshold", "max_grad_norm", "completion_max_new_tokens"):
+        if hasattr(config, name):
+            require(config, name, lambda value: value > 0, "positive")
+    if hasattr(config, "kl_coef"):
+        require(config, "kl_coef", lambda value: value >= 0, "at least 0", "0 is no KL term")
+    check_device_and_dtype(config.device)
+    for name in ("model", "leader"):
+        if getattr(config, name):
+            check_model_name(getattr(config, name))
 
 
 def build_pool(agents: list, problems: list[dict], responses_per_agent: int, max_new_tokens: int, seed: int):
@@ -255,7 +274,7 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def train(config: TrainConfig) -> dict:
     """Build the pool, filter it, and run `steps` group-relative policy-gradient steps on the leader."""
-    check_config(config, "questions", "responses_per_agent", "steps", "prompts_per_step", "group_size")
+    check_config(config, "questions", "responses_per_agent", "steps", "prompts_per_step", "group_size", "ppo_epochs")
     if config.init_from and config.leader:
         raise SystemExit("error: --init-from and --leader both name the starting leader; give one")
     if config.init_from and not os.path.isdir(config.init_from):
@@ -530,17 +549,22 @@ def loss_demo():
 
 COMMANDS = {"sft": (SFTConfig, sft), "train": (TrainConfig, train)}
 
-if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else None
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else None
     if command == "loss-demo":
-        loss_demo()
-    elif command in COMMANDS:
-        config_class, run = COMMANDS[command]
-        (config,) = parse_configs(config_class.__doc__, config_class, argv=sys.argv[2:])
-        print_config(config)
-        try:
-            run(config)
-        except (DataError, ModelLoadError) as error:
-            raise SystemExit(f"error: {error}") from None
-    else:
+        return loss_demo()
+    if command not in COMMANDS:
         raise SystemExit("usage: python mlpo.py sft [--help] | train [--help] | loss-demo")
+    config_class, run = COMMANDS[command]
+    (config,) = parse_configs(config_class.__doc__, config_class, argv=argv[1:])
+    print_config(config)
+    try:
+        return run(config)
+    except (ConfigError, DataError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,7 @@ LISTWISE_PROMPT = ("Here is a problem and {m} candidate solutions.\n\nProblem: {
                    "best first, separated by '>', for example: {example}")
 
 
+
 @dataclasses.dataclass
 class PrincipalOrder:
     """The principal's view of one question's pooled answer classes."""
@@ -52,7 +53,7 @@ class PrincipalOrder:
         return {index: k for k, index in enumerate(self.order if order is None else order)}
 
 
-MODES = ("score", "listwise", "consistency", "likelihood")
+PRINCIPAL_MODES = ("score", "listwise", "consistency", "likelihood")   # what rank_program accepts as `mode`
 
 
 def rank_program(principal, question: str, kind: str, answers: list, solutions: list[str], mode: str = "score",
@@ -67,8 +68,8 @@ def rank_program(principal, question: str, kind: str, answers: list, solutions: 
                    its own answers fall into, by their share; the verification score breaks ties
       likelihood   its mean token log-probability of each class's representative, given the problem
     """
-    if mode not in MODES:
-        raise ValueError(f"principal mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in PRINCIPAL_MODES:
+        raise ValueError(f"principal mode must be one of {', '.join(PRINCIPAL_MODES)}, not {mode!r}")
     m = len(answers)
     if m == 0:                                       # nothing to order: no agent reached an answer
         return None

@@ -8,7 +8,12 @@ What is checked against what:
   - the data loaders on the data folder ($ALIGN_DATA_DIR, else a folder `shared/data` beside the repository)
     and on malformed files; the download path offline, through file:// URLs;
   - the generation path on a tiny random Llama with an in-memory tokenizer, saved to a folder and loaded
-    through llm.py: cached-prefix sampling equals plain sampling under greedy decoding;
+    through llm.py: cached-prefix sampling equals plain sampling under greedy decoding; the same, and one seeded
+    search, on tiny random models of the paper preset's classes (Mistral, Ministral, Phi-3, Qwen2); prompts through
+    a chat template as strict as Mistral's; the known parameter counts against models built from the published
+    configs on the meta device;
+  - bad input: every entry point answers it with one line `error: ...`, before any model or data is loaded;
+    `evaluate.py --check` loads, downloads and connects to nothing;
   - MCTS against hand computations on a fake model with scripted steps;
   - Hedge against its closed form; the theorems on the synthetic games of theory.py, checked to reject impostor
     learners (follow-the-leader, last-round-only);
@@ -36,7 +41,11 @@ import numpy as np
 import pytest
 import torch
 
+import align
+import evaluate
 import llm
+import mcts
+import mlpo
 from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_dominated, counterfactual_utilities,
                    delegate, expected_utilities, nash_gap, pareto_share, play_delegation_game, rank_feedback)
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
@@ -60,10 +69,35 @@ needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="n
 
 # ---------------------------------------------------------------- fixtures
 
-def make_tiny_model(folder: str) -> str:
-    """A tiny random Llama and a byte-level BPE tokenizer trained in memory, saved with save_pretrained."""
+# The model classes of the `paper` preset, tiny and random: (config class, model class, settings). The windows of
+# the sliding-window classes are set by the tests (TINY_WINDOW unless a test says otherwise).
+TINY_WINDOW = 128
+TINY_ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),                               # SmolLM2, the embedded model
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": TINY_WINDOW}),  # zephyr-7b-beta
+    "ministral": ("MinistralConfig", "MinistralForCausalLM",                          # Ministral-8B-Instruct-2410
+                  {"sliding_window": TINY_WINDOW, "head_dim": 16,
+                   "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": TINY_WINDOW}),     # Phi-3-mini-4k-instruct
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),                               # Qwen2.5-7B-Instruct: no window
+}
+# A chat template with the rules real ones enforce (Mistral-7B-Instruct's, older Gemma's): no system role, and
+# user and assistant strictly alternating, starting with the user.
+STRICT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def make_tiny_model(folder: str, architecture: str = "llama", chat_template: str | None = None, **settings) -> str:
+    """A tiny random model of one of TINY_ARCHITECTURES and a byte-level BPE tokenizer trained in memory, saved
+    with save_pretrained. `settings` override the model's config (e.g. sliding_window=16)."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,15 +109,18 @@ def make_tiny_model(folder: str) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", bos_token="<|im_start|>")
-    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.5,  # large weights: outputs depend visibly on positions and masks
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id)
+    fast.chat_template = chat_template or (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    config_class, model_class, architecture_settings = TINY_ARCHITECTURES[architecture]
+    config = getattr(transformers, config_class)(
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        initializer_range=0.5,  # large weights: outputs depend visibly on positions and masks
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
+        **{**architecture_settings, **settings})
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    getattr(transformers, model_class)(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
@@ -686,10 +723,15 @@ def test_one_copy_per_backbone(tiny_model_dir, tiny_llm):
 
 
 def test_load_errors_are_clear(tmp_path):
-    with pytest.raises(llm.ModelLoadError, match="could not load model"):
+    with pytest.raises(llm.ModelLoadError, match="model folder '.*no-such-model' does not exist"):
         llm.load_llm(str(tmp_path / "no-such-model"))
     with pytest.raises(llm.ModelLoadError, match="does not exist"):
         llm.load_llm(str(tmp_path / "missing.gguf"))
+    with pytest.raises(llm.ModelLoadError, match="holds no config.json"):
+        llm.load_llm(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(llm.ModelLoadError, match="could not load model"):
+        llm.load_llm(str(tmp_path))
 
 
 # ---------------------------------------------------------------- evaluate.py: runs in subprocesses
@@ -1532,3 +1574,354 @@ def test_the_embedded_gguf_model_saves_and_reloads(tmp_path):
     again = llm.load_llm(str(tmp_path), device="cpu")
     prompt = model.chat("What is 2 + 3?")
     assert model.sample(prompt, 1, max_new_tokens=12) == again.sample(prompt, 1, max_new_tokens=12)
+
+
+# ---------------------------------------------------------------- issue 13: bad input gets one line, before loading
+
+ENTRY_POINTS = {"evaluate.py": evaluate.main, "align.py": align.main, "mcts.py": mcts.main, "mlpo.py": mlpo.main}
+BAD_INPUT = [  # (entry point, arguments, what its one line must say)
+    ("evaluate.py", ["--limit", "0"], "--limit must be at least 1 (got 0)"),
+    ("evaluate.py", ["--limit", "-1"], "--limit must be at least 1 (got -1)"),
+    ("evaluate.py", ["--dtype", "nonsense"], "--dtype must be one of float32, bfloat16, float16 (got 'nonsense')"),
+    ("evaluate.py", ["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    ("evaluate.py", ["--device", "cuda:99"], "--device cuda:99"),
+    ("evaluate.py", ["--eta", "-1"], "--eta must be positive (got -1.0)"),
+    ("evaluate.py", ["--max-rounds", "0"], "--max-rounds must be at least 1 (got 0)"),
+    ("evaluate.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("evaluate.py", ["--sc-samples", "0"], "--sc-samples must be at least 1 (got 0)"),
+    ("evaluate.py", ["--leader-rounds", "0"], "--leader-rounds must be at least 1 (got 0)"),
+    ("evaluate.py", ["--principal-mode", "nonsense"], "--principal-mode must be one of score, listwise"),
+    ("evaluate.py", ["--rule", "nonsense"], "--rule must be one of product, product01"),
+    ("evaluate.py", ["--methods", "cot,cot"], "listed twice"),
+    ("evaluate.py", ["--methods", "cot,nope"], "unknown method"),
+    ("evaluate.py", ["--dataset", "nope"], "--dataset must be one of"),
+    ("evaluate.py", ["--preset", "huge"], "--preset must be one of tiny, paper"),
+    ("evaluate.py", ["--resume", "--overwrite"], "pass one of them"),
+    ("evaluate.py", ["--data-dir", "/no/such/folder"], "--data-dir /no/such/folder: no such folder"),
+    ("evaluate.py", ["--model", "/no/such/path"], "model folder '/no/such/path' does not exist"),
+    ("evaluate.py", ["--methods", "leader@./no/such/leader"], "'./no/such/leader' does not exist"),
+    ("align.py", ["--question", ""], "--question is empty"),
+    ("align.py", ["--question", "  "], "--question is empty"),
+    ("align.py", ["--kind", "nonsense"], "--kind must be one of number, math, choice, text"),
+    ("align.py", ["--eta", "0"], "--eta must be positive"),
+    ("align.py", ["--device", "nonsense"], "is not a device"),
+    ("align.py", ["--model", "/no/such/path"], "does not exist"),
+    ("mcts.py", ["--question", ""], "--question is empty"),
+    ("mcts.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("mcts.py", ["--model", "../no/such/path"], "does not exist"),
+    ("mlpo.py", ["train", "--group-size", "0"], "--group-size must be at least 1 (got 0)"),
+    ("mlpo.py", ["train", "--steps", "-1"], "--steps must be at least 1 (got -1)"),
+    ("mlpo.py", ["train", "--questions", "0"], "--questions must be at least 1 (got 0)"),
+    ("mlpo.py", ["train", "--temperature", "0"], "--temperature must be positive"),
+    ("mlpo.py", ["train", "--device", "nonsense"], "is not a device"),
+    ("mlpo.py", ["train", "--model", "/no/such/path"], "does not exist"),
+    ("mlpo.py", ["sft", "--learning-rate", "0"], "--learning-rate must be positive"),
+] + ([("evaluate.py", ["--device", "cuda"], "--device cuda: no GPU is visible here"),
+      ("mlpo.py", ["train", "--device", "cuda"], "no GPU is visible here")] if not torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Any model, tokenizer or dataset loaded, or any connection opened, fails the test."""
+    import transformers
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} was loaded")
+        return fail
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse("a model"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse("a tokenizer"))
+    monkeypatch.setattr(evaluate, "load_problems", refuse("a dataset"))
+    monkeypatch.setattr(mlpo, "load_problems", refuse("a dataset"))
+    monkeypatch.setattr("socket.socket.connect", refuse("a connection"))
+
+
+def one_line_error(entry_point, argv) -> str:
+    with pytest.raises(SystemExit) as exit:
+        entry_point(argv)
+    message = str(exit.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("script, args, says", BAD_INPUT, ids=[" ".join([s, *a]) for s, a, _ in BAD_INPUT])
+def test_bad_input_gets_one_line_before_any_model_or_data(script, args, says, nothing_loads):
+    assert says in one_line_error(ENTRY_POINTS[script], args)
+
+
+def test_bad_input_on_the_command_line_is_one_line_on_stderr_in_seconds():
+    cases = [["evaluate.py", "--limit", "0"], ["align.py", "--kind", "nonsense"], ["mcts.py", "--rollouts", "0"],
+             ["mlpo.py", "train", "--group-size", "0"]] + ([["evaluate.py", "--device", "cuda"]]
+                                                           if not torch.cuda.is_available() else [])
+    for args in cases:
+        start = time.perf_counter()
+        bad = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (args, bad.stderr)
+        assert time.perf_counter() - start < 60, args       # an import, a check: no model, no data
+
+
+def test_empty_data_files_and_null_answers_name_the_file_and_line(tmp_path):
+    def write(relative, text):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    empty = write("gsm8k/test.jsonl", "\n")
+    with pytest.raises(DataError, match=f"no problems in {re.escape(empty)}"):
+        load_problems("gsm8k", str(tmp_path))
+    write("gsm8k/test.jsonl", '{"question": "q", "answer": "1 #### 1"}\n{"question": "q", "answer": null}\n')
+    with pytest.raises(DataError, match=r"gsm8k/test.jsonl, line 2: field\(s\) \['answer'\] hold \[None\]"):
+        load_problems("gsm8k", str(tmp_path))
+    write("gsm_hard/gsmhardv2.jsonl", '{"input": "q", "target": 3.0}\n\n{"input": "q", "target": null}\n')
+    with pytest.raises(DataError, match=r"gsmhardv2.jsonl, line 3: field\(s\) \['target'\]"):
+        load_problems("gsm_hard", str(tmp_path))
+    write("math500/test.jsonl", '{"problem": "", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"math500/test.jsonl, line 1: field\(s\) \['problem'\] hold \[''\]"):
+        load_problems("math500", str(tmp_path))
+    write("bbh/navigate.json", '{"examples": []}')
+    with pytest.raises(DataError, match=r"no problems in .*bbh/navigate.json"):
+        load_problems("bbh:navigate", str(tmp_path))
+    write("mmlu/dev/anatomy_dev.csv", "q,a,b,c,d,A\n")
+    write("mmlu/test/anatomy_test.csv", "")
+    with pytest.raises(DataError, match=r"no problems in .*mmlu/test/anatomy_test.csv"):
+        load_problems("mmlu:anatomy", str(tmp_path))
+    for limit in (0, -1):
+        with pytest.raises(DataError, match=f"limit must be at least 1 \\(got {limit}\\)"):
+            load_problems("arith", limit=limit)
+    assert len(load_problems("arith", limit=1)) == 1
+
+
+def test_an_empty_data_file_stops_evaluate_before_any_model(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("")
+    import transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: 1 / 0)
+    message = one_line_error(evaluate.main, ["--dataset", "gsm8k", "--data-dir", str(tmp_path), "--output",
+                                             str(tmp_path / "r.jsonl")])
+    assert "no problems in" in message and "gsm8k/test.jsonl" in message
+
+
+@pytest.mark.parametrize("argv", [["evaluate.py"], ["align.py"], ["mcts.py"], ["mlpo.py", "train"], ["mlpo.py", "sft"]])
+def test_help_says_each_default_once(argv, capsys):
+    with pytest.raises(SystemExit):
+        ENTRY_POINTS[argv[0]](argv[1:] + ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    twice = re.search(r".{0,60}\(default[^()]*\) \(default", text)
+    assert twice is None, twice
+    assert text.count("(default: ") >= 5
+
+
+def test_a_model_the_hub_would_have_to_serve_fails_in_seconds_offline(monkeypatch):
+    import huggingface_hub.constants
+    for offline, endpoint, says in [(True, "https://huggingface.co", "HF_HUB_OFFLINE is set"),
+                                    (False, "http://127.0.0.1:9", "the hub cannot be reached (127.0.0.1:9")]:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+        start = time.perf_counter()
+        with pytest.raises(llm.ModelLoadError, match=re.escape(says)) as error:
+            llm.load_llm("nosuchorg/nosuchmodel", device="cpu")
+        assert time.perf_counter() - start < 10 and "\n" not in str(error.value)
+        assert "not in the local Hugging Face cache" in str(error.value)
+
+
+def test_evaluate_with_an_unreachable_hub_stops_in_seconds(tiny_model_dir, tmp_path):
+    """The issue's leader-solo@nosuchmodel took ~45 s of hub retries; the other roles load the tiny model."""
+    start = time.perf_counter()
+    bad = subprocess.run([sys.executable, "evaluate.py", "--dataset", "arith", "--methods", "leader-solo@nosuchmodel",
+                          "--limit", "1", "--model", tiny_model_dir, "--output", str(tmp_path / "r.jsonl"),
+                          "--no-progress"], cwd=HERE, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    seconds = time.perf_counter() - start
+    last = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert last.startswith("error: could not load model 'nosuchmodel'") and "cannot be reached" in last, last
+    assert seconds < 30, seconds
+
+
+# ---------------------------------------------------------------- issue 13: the paper preset, without a GPU
+
+PAPER_ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a != "llama"]
+_TINY_MODELS: dict = {}
+
+
+def tiny_llm_of(architecture: str, tmp_path_factory, **settings):
+    """The tiny random model of an architecture, built once per session and loaded through llm.py."""
+    key = (architecture, tuple(sorted(settings.items())))
+    if key not in _TINY_MODELS:
+        folder = make_tiny_model(str(tmp_path_factory.mktemp(f"tiny-{architecture}")), architecture, **settings)
+        _TINY_MODELS[key] = llm.load_llm(folder, device="cpu")
+    return _TINY_MODELS[key]
+
+
+def greedy_three_ways(model, suffixes=("", "Step 1", "The answer is 7.\nStep 1: 12 - 5"), max_new_tokens=12):
+    """Greedy continuations through the shared-prefix cache, left-padded batches, and one sequence per call."""
+    prompt = model.chat("Tom has 3 apples and buys 5 more.", examples=[("Is this correct?", "Yes")])
+    cached = model.generate(prompt, list(suffixes), 2, max_new_tokens=max_new_tokens)
+    plain = model.generate(prompt, list(suffixes), 2, max_new_tokens=max_new_tokens, use_prefix_cache=False)
+    one_by_one = model.generate(prompt, list(suffixes), 1, max_new_tokens=max_new_tokens, use_prefix_cache=False,
+                                max_batch_size=1)
+    longest = len(model.encode(prompt)) + max(len(model.encode(s)) for s in suffixes) * 2 + max_new_tokens
+    return cached, plain, one_by_one, longest
+
+
+@pytest.mark.parametrize("architecture", PAPER_ARCHITECTURES)
+def test_cached_prefix_greedy_equals_uncached_on_the_paper_architectures(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory)
+    assert type(model.model).__name__ == TINY_ARCHITECTURES[architecture][1]
+    cached, plain, one_by_one, longest = greedy_three_ways(model)
+    assert longest < TINY_WINDOW             # every row, pads included, inside the sliding window
+    assert cached == plain
+    assert [texts[0] for texts in cached] == [texts[0] for texts in one_by_one]
+    assert len({texts[0] for texts in cached}) == 3
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "ministral", "phi3"])
+def test_past_a_sliding_window_a_row_without_pads_still_equals_uncached(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory, sliding_window=16)
+    for suffix in ("", "Step 1", "The answer is 7.\nStep 1: 12 - 5"):
+        cached, plain, _, longest = greedy_three_ways(model, (suffix,))
+        assert longest > 16 and cached == plain
+
+
+@pytest.mark.xfail(strict=True, reason="the shared-prefix layout [prefix | pads | suffix] puts pads inside the "
+                   "sliding window: the window counts cache slots, pads included, so a padded row sees fewer real "
+                   "tokens than the left-padded reference. Harmless while every sequence fits in the window "
+                   "(Mistral/Zephyr 4096, Phi-3-mini-4k 2047 tokens); LLM.generate should fall back past it.")
+@pytest.mark.parametrize("architecture", ["mistral", "ministral", "phi3"])
+def test_past_a_sliding_window_padded_rows_equal_uncached(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory, sliding_window=16)
+    cached, plain, _, _ = greedy_three_ways(model)
+    assert cached == plain
+
+
+@pytest.mark.parametrize("architecture", PAPER_ARCHITECTURES)
+def test_one_search_on_each_paper_architecture_is_seeded(architecture, tmp_path_factory):
+    model = tiny_llm_of(architecture, tmp_path_factory)
+    agent, config = Agent(architecture, model, 1.0), SearchConfig(rollouts=3, step_tokens=4, completion_tokens=6)
+    first = search(agent, "Tom has 3 apples and buys 5 more. How many?", "number", config, seed=1)
+    again = search(agent, "Tom has 3 apples and buys 5 more. How many?", "number", config, seed=1)
+    assert [(s.answer, s.trace) for s in first.samples] == [(s.answer, s.trace) for s in again.samples]
+    assert len(first.samples) >= 1 and first.cost["generated_tokens"] > 0
+
+
+def test_a_strict_chat_template_gets_no_system_turn_and_strictly_alternating_turns(tmp_path):
+    """Mistral-style templates raise on a system turn and on two turns of one role in a row: every prompt the
+    project builds must pass through one, and a system text must reach the model in the first user turn."""
+    from jinja2.exceptions import TemplateError
+    strict = llm.load_llm(make_tiny_model(str(tmp_path), chat_template=STRICT_CHAT_TEMPLATE), device="cpu")
+    with pytest.raises(TemplateError, match="alternate"):       # the template is as strict as real ones
+        strict.tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                                             tokenize=False)
+    assert strict.chat("What is 2 + 3?", system="Be brief.") == "<|im_start|>[INST] Be brief.\n\nWhat is 2 + 3? [/INST]"
+    assert strict.system_role is False
+    assert strict.chat("q", system="S", examples=[("a", "b")]).startswith("<|im_start|>[INST] S\n\na [/INST]b")
+    prompts = [Agent("a", strict).prompt("Tom has 3 apples.", kind) for kind in ("number", "math", "choice", "text")]
+    prompts += [mlpo.leader_prompt(strict, "Tom has 3 apples.", ["7", "8", "9"]),
+                mlpo.leader_prompt(strict, "Tom has 3 apples.", None),
+                mlpo.backtrack_request(strict, "Tom has 3 apples.", {"team": ["7", "8"], "wrong": "8", "right": "7"})]
+    assert all(p.count("[INST]") >= 2 for p in prompts)          # few-shot turns and the question, alternating
+    for mode in ("score", "listwise"):                               # the principal's prompts
+        order = rank_classes(strict, "Tom has 3 apples.", ["7", "8"], ["It is 7.", "It is 8."], mode, max_new_tokens=4)
+        assert sorted(order.order) == [0, 1]
+    assert strict.sample(prompts[0], 1, max_new_tokens=4) is not None
+    with_system = llm.load_llm(make_tiny_model(str(tmp_path / "plain")), device="cpu")
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in with_system.chat("q", system="Be brief.")
+
+
+# [ours] The published config.json values of the paper preset's models (and the embedded one), from their hub pages.
+PUBLISHED_CONFIGS = {
+    "mistralai/Ministral-8B-Instruct-2410": ("MistralConfig", dict(
+        vocab_size=131072, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)),
+    "HuggingFaceH4/zephyr-7b-beta": ("MistralConfig", dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, tie_word_embeddings=False)),
+    "microsoft/Phi-3-mini-4k-instruct": ("Phi3Config", dict(
+        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, pad_token_id=32000, tie_word_embeddings=False)),
+    "Qwen/Qwen2.5-7B-Instruct": ("Qwen2Config", dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, tie_word_embeddings=False)),
+    llm.EMBEDDED_HUB_ID: ("LlamaConfig", dict(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, tie_word_embeddings=True)),
+}
+
+
+def test_known_parameter_counts_equal_models_built_from_the_published_configs():
+    import transformers
+    assert set(PUBLISHED_CONFIGS) == set(llm.KNOWN_PARAMETERS)
+    for name, (config_class, values) in PUBLISHED_CONFIGS.items():
+        with torch.device("meta"):                                    # shapes only: no memory, no time
+            model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**values))
+        assert sum(p.numel() for p in model.parameters()) == llm.KNOWN_PARAMETERS[name], name
+
+
+def fake_hub_cache(cache, repo: str, shards: dict, present: list) -> None:
+    """A Hugging Face cache entry for `repo`: config.json, a shard index, and the `present` shards, each a
+    safetensors file holding one tensor of the given shape (a header alone: that is all the count reads)."""
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (cache / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        f"w{i}": shard for i, shard in enumerate(shards)}}))
+    for shard in present:
+        header = json.dumps({"w": {"dtype": "BF16", "shape": shards[shard], "data_offsets": [0, 0]}}).encode()
+        (snapshot / shard).write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_check_prints_every_role_its_size_and_the_cache_loading_and_downloading_nothing(
+        tiny_model_dir, tiny_llm, tmp_path, monkeypatch, nothing_loads, capsys):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    fake_hub_cache(tmp_path, "Qwen/Qwen2.5-7B-Instruct", {"a.safetensors": [10, 10], "b.safetensors": [5]},
+                   ["a.safetensors"])
+    fake_hub_cache(tmp_path, "microsoft/Phi-3-mini-4k-instruct", {"a.safetensors": [3, 4], "b.safetensors": [5]},
+                   ["a.safetensors", "b.safetensors"])
+    assert evaluate.main(["--preset", "paper", "--check", "--dtype", "bfloat16"]) == []
+    out = capsys.readouterr().out
+    for role, name in [("agent-0 (T=0.7)", "mistralai/Ministral-8B-Instruct-2410"),
+                       ("agent-1 (T=0.7)", "HuggingFaceH4/zephyr-7b-beta"),
+                       ("principal", "Qwen/Qwen2.5-7B-Instruct"), ("leader", "Qwen/Qwen2.5-7B-Instruct")]:
+        assert re.search(rf"{re.escape(role)} +{re.escape(name)}\n", out), role
+    assert re.search(r"mistralai/Ministral-8B-Instruct-2410 +8\.02B +14\.94 GiB +not in the local cache", out)
+    assert re.search(r"Qwen/Qwen2\.5-7B-Instruct +7\.62B +14\.19 GiB +partly in the local cache \(1 of 2", out)
+    assert re.search(r"microsoft/Phi-3-mini-4k-instruct +17 +34 B +in the local cache", out)   # counted from files
+    assert out.count("Qwen/Qwen2.5-7B-Instruct ") == 1                 # one backbone, two roles
+    assert re.search(r"total +(\S+) +(\S+ \S+)", out).groups() == (
+        llm.count_text(8_019_808_256 + 7_241_732_096 + 17 + 7_615_616_512),
+        llm.bytes_text(2 * (8_019_808_256 + 7_241_732_096 + 17 + 7_615_616_512)))
+    assert ("GPU cuda:0" in out) if torch.cuda.is_available() else ("GPU: no GPU here" in out)
+    evaluate.main(["--check", "--model", tiny_model_dir])                # the tiny preset, one local backbone
+    out = capsys.readouterr().out
+    parameters = sum(p.numel() for p in tiny_llm.model.parameters())     # counted from the safetensors headers
+    assert re.search(rf"{re.escape(tiny_model_dir)} +{llm.count_text(parameters)} +{llm.bytes_text(4 * parameters)} "
+                     rf"+local folder", out)
+
+
+def test_check_on_the_command_line_offline():
+    out = run_cli("evaluate.py", "--preset", "paper", "--check", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert "Ministral-8B-Instruct-2410" in out and "total" in out and "GPU" in out
+
+
+def test_check_against_the_memory_of_a_gpu_and_the_devices_it_has(monkeypatch):
+    """The GPU branch of --check and of the device check, on a stand-in for torch.cuda (one 80 GB GPU)."""
+    import types
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(name="H100 stand-in", total_memory=80 * 10 ** 9))
+    roles = [("principal", "Qwen/Qwen2.5-7B-Instruct"), ("agent", "microsoft/Phi-3-mini-4k-instruct")]
+    out = llm.describe_models(roles)                                   # cuda and bf16: the defaults on a GPU
+    weights = 2 * (7_615_616_512 + 3_821_079_552)
+    assert "in bfloat16 (2 bytes a parameter)" in out
+    assert f"GPU cuda:0 (H100 stand-in): {llm.bytes_text(80 * 10 ** 9)}; the weights take {weights / 8e10:.0%}" in out
+    everything = roles + [("x", "mistralai/Ministral-8B-Instruct-2410"), ("y", "HuggingFaceH4/zephyr-7b-beta")]
+    assert "the weights do not fit" in llm.describe_models(everything, dtype="float32")    # 107 GB
+    llm.check_device_and_dtype("cuda:0", "bfloat16")
+    with pytest.raises(llm.ConfigError, match=r"--device cuda:1: this machine has 1 GPU\(s\), cuda:0 to cuda:0"):
+        llm.check_device_and_dtype("cuda:1")
