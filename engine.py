@@ -63,6 +63,7 @@ class Generated:
     tokens: int = 0                  # tokens generated (counted as generated_tokens)
     ended: bool = False              # the model ended it (EOS): nothing can continue it
     state: object = None             # where a later request continues it (keep=True and not ended)
+    ids: list = dataclasses.field(default_factory=list)   # the generated token ids (stop text included)
 
 
 # ================================================================ programs
@@ -386,7 +387,7 @@ class Engine:
         for stop in row.job.request.stop:
             text = text.split(stop)[0]
         row.job.generated += len(row.tokens)
-        row.job.results[row.k] = Generated(text, len(row.tokens), ended, state)
+        row.job.results[row.k] = Generated(text, len(row.tokens), ended, state, list(row.tokens))
         row.done = True
         self._close(row.job)
 

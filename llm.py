@@ -483,7 +483,11 @@ class LLM:
         prefix_ids = self.encode(prefix)
         rows = [(j, self.encode(s)) for j, s in enumerate(suffixes) for _ in range(num_samples)]
         texts: list[list[str]] = [[] for _ in suffixes]
-        use_cache = use_prefix_cache and len(prefix_ids) >= 2
+        # The [prefix | pads | suffix] layout puts pads inside a sliding window (it counts cache slots): when a
+        # sequence could outgrow the window, fall back to left padding, whose pads sit before the window.
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        longest = len(prefix_ids) + max(len(ids) for _, ids in rows) + max_new_tokens
+        use_cache = use_prefix_cache and len(prefix_ids) >= 2 and not (window and longest > window)
         prefix_cache = self._prefill(prefix_ids[:-1]) if use_cache else None
         for start in range(0, len(rows), max_batch_size):
             chunk = rows[start:start + max_batch_size]

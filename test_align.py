@@ -49,6 +49,7 @@ import mlpo
 from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_dominated, counterfactual_utilities,
                    delegate, expected_utilities, nash_gap, pareto_share, play_delegation_game, rank_feedback)
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
+from engine import Generated, Request, run_programs
 from evaluate import (METHODS, Context, EvalConfig, parse_methods, principal_correlations, read_records, run_methods,
                       summarize, wilson_interval)
 from hedge import Hedge, adversarial_regret, hedge_regret_bound, softmax, tuned_learning_rate
@@ -683,6 +684,77 @@ def test_cached_prefix_greedy_equals_uncached(tiny_llm):
     assert cached == plain
     assert [texts[0] for texts in cached] == [texts[0] for texts in one_by_one]
     assert len({texts[0] for texts in cached}) == 3                    # the suffixes really change the output
+
+
+# ---------------------------------------------------------------- engine.py: the lockstep engine
+
+def reference_greedy(llm_, ids: list, max_new_tokens: int) -> list:
+    """Greedy token ids after `ids`, one sequence alone through transformers' own generate: the oracle."""
+    with torch.no_grad():
+        out = llm_.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=llm_.pad_id)
+    new = out[0, len(ids):].tolist()
+    return new[:next((i for i, t in enumerate(new) if t in llm_.end_ids), len(new))]
+
+
+def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm):
+    """Two problems (arenas), two agents' prompts each (one a prefix-sharing variant), steps continued from kept
+    states at depths 1 and 2, and prompts of different lengths -- all in lockstep -- against transformers'
+    generate on each sequence's exact token ids, alone."""
+    prompts = {("p1", "a"): tiny_llm.chat("Tom has 3 apples and buys 5 more."),
+               ("p1", "b"): tiny_llm.chat("Tom has 3 apples and buys 5 more. Is this correct?"),
+               ("p2", "a"): tiny_llm.chat("Step 1: 12 - 5 = 7", examples=[("Is this correct?", "Yes")]),
+               ("p2", "b"): tiny_llm.chat("The answer is 8.")}
+
+    def program(prompt, steps):           # a chain of `steps` continuations, each from the last one's state
+        chain, state, suffix = [], None, ""
+        for depth in range(steps):
+            [[generated]] = yield [Request(tiny_llm, prompt, suffix=suffix, state=state, max_new_tokens=5 + depth,
+                                           keep=True)]
+            chain.append(generated.ids)
+            state, suffix = generated.state, suffix + generated.text
+        return chain
+    keys = list(prompts)
+    chains = run_programs([program(prompts[k], 1 + i % 2) for i, k in enumerate(keys)],
+                          arenas=[k[0] for k in keys])
+    for key, chain in zip(keys, chains):
+        context = tiny_llm.encode(prompts[key])
+        for depth, ids in enumerate(chain):
+            assert ids == reference_greedy(tiny_llm, context, 5 + depth), (key, depth)
+            context = context + ids
+    assert sum(len(chain) for chain in chains) == 6 and all(len(ids) for chain in chains for ids in chain)
+
+
+def test_engine_sampling_is_seeded_whatever_shares_the_batch(tiny_llm):
+    prompt = tiny_llm.chat("Tom has 3 apples.")
+
+    def sampler(seed, temperature=1.0):
+        [samples] = yield [Request(tiny_llm, prompt, n=3, temperature=temperature, max_new_tokens=8, seed=seed)]
+        return [s.ids for s in samples]
+    alone = run_programs([sampler(1)])[0]
+    assert run_programs([sampler(1)])[0] == alone                                   # repeats exactly
+    crowded = run_programs([sampler(2), sampler(1), sampler(3, 0.5)], arenas=[0, 0, 1])
+    assert crowded[1] == alone                                                      # its neighbours change nothing
+    assert crowded[0] != alone and len({tuple(s) for s in alone}) > 1               # other seeds, other samples
+
+
+def test_engine_rows_end_at_their_own_stop_string_or_eos(tiny_llm, monkeypatch):
+    prompts = [tiny_llm.chat("Tom has 3 apples."), tiny_llm.chat("Is this solution correct?")]
+    free = [reference_greedy(tiny_llm, tiny_llm.encode(p), 12) for p in prompts]
+    stop_token = free[0][3]                         # a token row 0 writes early on
+    assert stop_token not in free[1][:12]
+    stop = tiny_llm.tokenizer.decode([stop_token])
+    assert stop not in tiny_llm.tokenizer.decode(free[1])
+
+    def program(prompt):
+        [[generated]] = yield [Request(tiny_llm, prompt, max_new_tokens=12, stop=(stop,))]
+        return generated
+    cut, full = run_programs([program(p) for p in prompts], arenas=[0, 1])
+    assert cut.ids == free[0][:4] and stop not in cut.text                           # ends at its stop string
+    assert full.ids == free[1] and len(full.ids) == 12 and not full.ended            # runs to its own end
+    monkeypatch.setattr(tiny_llm, "end_ids", tiny_llm.end_ids | {free[1][5]})        # now row 1 meets "EOS"
+    cut, ended = run_programs([program(p) for p in prompts], arenas=[0, 1])
+    assert ended.ended and ended.ids == free[1][:5] and cut.ids == free[0][:4]
 
 
 def test_sampling_is_seeded_and_counted(tiny_llm):
@@ -1785,15 +1857,32 @@ def test_past_a_sliding_window_a_row_without_pads_still_equals_uncached(architec
         assert longest > 16 and cached == plain
 
 
-@pytest.mark.xfail(strict=True, reason="the shared-prefix layout [prefix | pads | suffix] puts pads inside the "
-                   "sliding window: the window counts cache slots, pads included, so a padded row sees fewer real "
-                   "tokens than the left-padded reference. Harmless while every sequence fits in the window "
-                   "(Mistral/Zephyr 4096, Phi-3-mini-4k 2047 tokens); LLM.generate should fall back past it.")
 @pytest.mark.parametrize("architecture", ["mistral", "ministral", "phi3"])
 def test_past_a_sliding_window_padded_rows_equal_uncached(architecture, tmp_path_factory):
+    """Rows padded to a common length, longer than the window: LLM.generate falls back to left padding."""
     model = tiny_llm_of(architecture, tmp_path_factory, sliding_window=16)
     cached, plain, _, _ = greedy_three_ways(model)
     assert cached == plain
+
+
+@pytest.mark.parametrize("architecture, window", [(a, None) for a in PAPER_ARCHITECTURES] +
+                         [(a, 16) for a in ("mistral", "ministral", "phi3")])
+def test_the_engine_writes_what_one_sequence_at_a_time_writes_on_the_paper_architectures(architecture, window,
+                                                                                          tmp_path_factory):
+    """The lockstep engine (arena attention, sliding windows by position) against LLM.generate one by one."""
+    model = tiny_llm_of(architecture, tmp_path_factory, **({"sliding_window": window} if window else {}))
+    prompt = model.chat("Tom has 3 apples and buys 5 more.", examples=[("Is this correct?", "Yes")])
+    suffixes = ("", "Step 1", "The answer is 7.\nStep 1: 12 - 5")
+
+    def program(suffix):
+        [[generated]] = yield [Request(model, prompt + suffix, max_new_tokens=12)]
+        return generated.text
+    engine_texts = run_programs([program(s) for s in suffixes], arenas=[0, 0, 0])
+    one_by_one = [model.generate(prompt, [s], 1, max_new_tokens=12, use_prefix_cache=False, max_batch_size=1)[0][0]
+                  for s in suffixes]
+    assert engine_texts == one_by_one
+    if window:
+        assert len(model.encode(prompt)) + 12 > window             # the window really cuts
 
 
 @pytest.mark.parametrize("architecture", PAPER_ARCHITECTURES)
