@@ -44,7 +44,7 @@ from utility import Sample, extract_answer, is_correct, majority_answer
 
 # [ours] problems run together by default, chosen by measurement (README, "Speed"): on a 2-core CPU larger
 # batches gain little and cost memory; a GPU wants many sequences per forward.
-BATCH_SIZE = {"cpu": 8, "cuda": 32}
+BATCH_SIZE = {"cpu": 6, "cuda": 32}
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -145,17 +145,23 @@ class Context:
         self.role_model = None          # a NAME@MODEL row: MODEL plays the principal and the leader
         self.roles_used = set()
         self.shared = SharedWork()
+        self.seconds_loading = 0.0      # wall time spent loading models (no method is charged for it)
 
     def seed(self, problem, *parts) -> int:
         return derive_seed(self.config.seed, problem["id"], *parts)
 
     def _load(self, name: str):
-        return load_llm(name, self.device, self.config.dtype)
+        start = time.perf_counter()
+        model = load_llm(name, self.device, self.config.dtype)
+        self.seconds_loading += time.perf_counter() - start
+        return model
 
     @property
     def agents(self) -> list:
         if self._agents is None:
+            start = time.perf_counter()
             self._agents = make_agents(self.config.preset, self.config.model, self.device, self.config.dtype)
+            self.seconds_loading += time.perf_counter() - start
         return self._agents
 
     @property
@@ -470,9 +476,10 @@ def run_methods(problems: list, methods: list, ctx: Context, write, done: set = 
         ctx.role_model, ctx.roles_used = role_model or None, set()
         ctx.shared.start_method()
         before = [spent(p["id"]) for p in public]
-        start = time.perf_counter()
+        start, loading = time.perf_counter(), ctx.seconds_loading
         results = METHODS[base](public, ctx)
-        own_seconds = (time.perf_counter() - start - ctx.shared.seconds_computing) / len(problems)
+        own_seconds = (time.perf_counter() - start - ctx.shared.seconds_computing
+                       - (ctx.seconds_loading - loading)) / len(problems)
         if role_model and not ctx.roles_used:
             raise DataError(f"{method}: {base} uses neither a principal nor a leader, so @MODEL would change "
                             f"nothing; @MODEL goes with principal, align, leader or leader-solo.")

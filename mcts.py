@@ -34,7 +34,8 @@ import torch
 from transformers import DynamicCache
 
 from data import load_problems
-from engine import Request, run_programs
+from engine import STATS as engine_stats
+from engine import Request, discard, run_programs
 from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name,
                  load_llm, option, parse_configs, print_config, require, require_at_least)
 from utility import KINDS, Sample, explicit_answer, extract_answer, group_into_classes, same_answer
@@ -264,6 +265,8 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
         for sample in samples:       # a solution's reward moves as the agent finds more solutions
             sample.reward = rollout_reward(sample.answer, samples)
         done += len(leaves)
+    for node in _subtree(root):     # the search is over: let go of its keys and values (engine.py's arena)
+        node.state = None
     return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, invocations)
 
 
@@ -297,6 +300,10 @@ def _path(node: Node) -> list:
     return path
 
 
+def _subtree(node: Node) -> list:
+    return [node] + [n for child in node.children for n in _subtree(child)]
+
+
 def _path_union(nodes) -> list:
     return _unique(n for node in nodes for n in _path(node))
 
@@ -321,10 +328,14 @@ def _add_children(node: Node, steps: list, kind: str, max_depth: int) -> None:
     for generated in steps:
         step = generated.text.strip()
         if not step or any(step == c.steps[-1] for c in node.children):
+            discard(generated.state)                          # no node will continue it: free its memory
             continue
         child = Node(steps=node.steps + [step], parent=node, state=generated.state, ended=generated.ended)
         child.answer = explicit_answer(step, kind)
         child.terminal = child.answer is not None or child.depth >= max_depth or child.ended
+        if child.answer is not None or child.ended:
+            discard(child.state)                              # a complete solution already: never continued
+            child.state = None
         node.children.append(child)
     if not node.children:     # the model had nothing more to say: this node's own completion ends it
         node.terminal = True
@@ -360,7 +371,8 @@ class DemoConfig:
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
     benchmark: bool = option(False, "measure the engine on the tiny preset's three agents: generated tokens/s of "
                                     "the lockstep engine, the bare decode loop and the per-agent reference path")
-    benchmark_problems: int = option(4, "benchmark: arith problems searched (all three agents each)")
+    benchmark_problems: int = option(6, "benchmark: arith problems searched together, all three agents each "
+                                        "(evaluate.py's batch on a CPU)")
     bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
 
 
@@ -392,7 +404,9 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
                           ("per-agent reference (one problem, one agent at a time)", False)]:
         before, start = llm.counters.snapshot(), time.perf_counter()
         if engine:
+            stats = dict(engine_stats)
             search_all(jobs, config, arenas=[question for _, question, *_ in jobs])
+            stats = {k: engine_stats[k] - v for k, v in stats.items()}
         else:
             for agent, question, kind, job_seed, examples in jobs:
                 search(agent, question, kind, config, job_seed, examples, engine=False)
@@ -400,8 +414,17 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
         rates[engine] = spent["generated_tokens"] / seconds
         print(f"  {label:<56} {spent['generated_tokens']:7d} tokens in {seconds:7.1f}s = {rates[engine]:7.1f} "
               f"tokens/s  ({spent['calls']} sequences, {spent['prompt_tokens']} prompt tokens billed)")
-    limit = bare_decode_rate(llm, agents[0].prompt(problems[0]["question"], problems[0]["kind"]), bare_rows)
-    print(f"  {f'bare decode loop, batch {bare_rows} (the limit)':<56} {'':>7}{'':>18} = {limit:7.1f} tokens/s")
+    # the limit: the bare loop from a short context (the question alone), so the weights, not a long cached
+    # prompt copied to every row, decide it; the same loop from the agents' few-shot prompt is shown beside it
+    question = problems[0]["question"]
+    limit = bare_decode_rate(llm, llm.chat(question), bare_rows)
+    long_context = bare_decode_rate(llm, agents[0].prompt(question, problems[0]["kind"]), bare_rows, tokens=16)
+    print(f"  {f'bare decode loop, batch {bare_rows}, from a short context (the limit)':<56} {'':>25} = {limit:7.1f} "
+          f"tokens/s  ({len(llm.encode(llm.chat(question)))}-token context)")
+    print(f"  {f'bare decode loop, batch {bare_rows}, from the agents few-shot prompt':<56} {'':>25} = "
+          f"{long_context:7.1f} tokens/s  (the prompt copied to every row of the cache)")
+    print(f"  the engine ran {stats['forwards']} forwards, {stats['tokens_fed']} tokens through the model, "
+          f"{stats['tokens_copied']} tokens copied from another problem's arena")
     print(f"engine/limit: {rates[True] / limit:.2f}  engine/per-agent: {rates[True] / rates[False]:.2f}")
     return {"engine": rates[True], "per_agent": rates[False], "limit": limit}
 

@@ -49,6 +49,7 @@ import mlpo
 from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_dominated, counterfactual_utilities,
                    delegate, expected_utilities, nash_gap, pareto_share, play_delegation_game, rank_feedback)
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
+import engine
 from engine import Generated, Request, run_programs
 from evaluate import (METHODS, Context, EvalConfig, parse_methods, principal_correlations, read_records, run_methods,
                       summarize, wilson_interval)
@@ -723,6 +724,25 @@ def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm):
             assert ids == reference_greedy(tiny_llm, context, 5 + depth), (key, depth)
             context = context + ids
     assert sum(len(chain) for chain in chains) == 6 and all(len(ids) for chain in chains for ids in chain)
+
+
+def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it_again(tiny_llm):
+    """Two problems whose prompts share the few-shot exemplars: the second copies their keys and values."""
+    examples = [("Mia has 12 pencils and gives 5 away. How many are left?", "12 - 5 = 7.\nThe answer is 7.")] * 3
+    prompts = [tiny_llm.chat(q, examples=examples) for q in ("Tom has 3 apples.", "Ava has 5 apples and 7 more.")]
+    shared = engine.common_prefix(tiny_llm.encode(prompts[0]), tiny_llm.encode(prompts[1]))
+    assert shared > 40
+
+    def program(prompt):
+        [[generated]] = yield [Request(tiny_llm, prompt, max_new_tokens=6)]
+        return generated.ids
+    before = dict(engine.STATS)
+    outputs = run_programs([program(p) for p in prompts], arenas=["one problem", "another"])
+    copied = engine.STATS["tokens_copied"] - before["tokens_copied"]
+    fed = engine.STATS["tokens_fed"] - before["tokens_fed"]
+    assert copied == shared                                              # the whole common prefix, once
+    assert fed <= sum(len(tiny_llm.encode(p)) for p in prompts) - shared + 2 * 6
+    assert outputs == [reference_greedy(tiny_llm, tiny_llm.encode(p), 6) for p in prompts]
 
 
 def test_engine_sampling_is_seeded_whatever_shares_the_batch(tiny_llm):
