@@ -245,6 +245,46 @@ KNOWN_PARAMETERS = {
     EMBEDDED_HUB_ID: 134_515_008,                            # 30 layers, 576 wide, 49152, tied embeddings
 }
 
+# [ours] The published shapes of the preset's models (their config.json files), so that randomly initialised models
+# of the same shape can be built with no download: speed and memory benchmarks on a GPU (mcts.py --benchmark
+# --paper-shaped). The tests check them against KNOWN_PARAMETERS.
+MODEL_SHAPES = {
+    "mistralai/Ministral-8B-Instruct-2410": ("MistralConfig", dict(
+        vocab_size=131072, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)),
+    "HuggingFaceH4/zephyr-7b-beta": ("MistralConfig", dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, sliding_window=4096, tie_word_embeddings=False)),
+    "microsoft/Phi-3-mini-4k-instruct": ("Phi3Config", dict(
+        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, pad_token_id=32000, sliding_window=2047, tie_word_embeddings=False)),
+    "Qwen/Qwen2.5-7B-Instruct": ("Qwen2Config", dict(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, tie_word_embeddings=False)),
+    EMBEDDED_HUB_ID: ("LlamaConfig", dict(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, tie_word_embeddings=True)),
+}
+
+
+def random_model_like(name: str, tokenizer_source: str = EMBEDDED_ALIAS, device: str | None = None,
+                      dtype: str | None = None, seed: int = 0) -> "LLM":
+    """A model shaped like `name` (MODEL_SHAPES) with random weights, built where it will run: no download.
+    Its tokenizer is borrowed (`tokenizer_source`: the embedded model, or a folder); it writes nonsense, at the
+    speed and with the memory of the real model. For benchmarks only."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device, torch_dtype = default_device_and_dtype(device, dtype)
+    config_class, values = MODEL_SHAPES[name]
+    where, gguf_file = _locate(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
+    torch.manual_seed(seed)
+    with torch.device(torch_device):
+        model = AutoModelForCausalLM.from_config(getattr(transformers, config_class)(
+            **values, eos_token_id=tokenizer.eos_token_id), dtype=torch_dtype)
+    return LLM(f"random-like:{name}", model.eval(), tokenizer, torch_device)
+
 
 def _cached_hub_files(repo: str):
     """(the cached safetensors files of a hub id, how many it has), or None when its config is not cached.

@@ -36,8 +36,9 @@ from transformers import DynamicCache
 from data import load_problems
 from engine import STATS as engine_stats
 from engine import Request, discard, run_programs
-from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, check_device_and_dtype, check_model_name,
-                 load_llm, option, parse_configs, print_config, require, require_at_least)
+from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype,
+                 check_model_name, load_llm, option, parse_configs, print_config, random_model_like, require,
+                 require_at_least)
 from utility import KINDS, Sample, explicit_answer, extract_answer, group_into_classes, same_answer
 
 # ---------------------------------------------------------------- agents and their prompts
@@ -374,6 +375,12 @@ class DemoConfig:
     benchmark_problems: int = option(6, "benchmark: arith problems searched together, all three agents each "
                                         "(evaluate.py's batch on a CPU)")
     bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
+    reference_problems: int | None = option(None, "benchmark: run the per-agent reference path on the first N of "
+                                                  "the problems only (its rate does not depend on N; default: all)")
+    paper_shaped: bool = option(False, "benchmark: randomly initialised models shaped like the paper preset's "
+                                       "agents (no download; for a GPU), instead of the tiny preset")
+    tokenizer: str = option(EMBEDDED_ALIAS, "benchmark with --paper-shaped: the tokenizer the random models borrow "
+                                            "(the embedded model's, or a folder saved with save_pretrained)")
 
 
 @torch.no_grad()
@@ -393,27 +400,33 @@ def bare_decode_rate(llm, prompt: str, rows: int = 64, tokens: int = 64) -> floa
     return rows * tokens / (time.perf_counter() - start)
 
 
-def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bare_rows: int = 64) -> dict:
+def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bare_rows: int = 64,
+              reference_problems: int | None = None) -> dict:
     """The same searches (every agent on every problem) through the lockstep engine and through the per-agent
     reference path, and the bare decode loop beside them; prints the rates and their ratios."""
     jobs = [(agent, p["question"], p["kind"], seed + 17 * k + i, None)
             for k, p in enumerate(problems) for i, agent in enumerate(agents)]
-    llm = agents[0].llm
+    models = list({id(a.llm): a.llm for a in agents}.values())
     rates = {}
     for label, engine in [("engine (lockstep, all problems and agents)", True),
                           ("per-agent reference (one problem, one agent at a time)", False)]:
-        before, start = llm.counters.snapshot(), time.perf_counter()
+        todo = jobs if engine or reference_problems is None else jobs[:reference_problems * len(agents)]
+        if not engine and len(todo) < len(jobs):
+            label = f"per-agent reference (the first {reference_problems} problem(s) only)"
+        before, start = [m.counters.snapshot() for m in models], time.perf_counter()
         if engine:
             stats = dict(engine_stats)
-            search_all(jobs, config, arenas=[question for _, question, *_ in jobs])
+            search_all(todo, config, arenas=[question for _, question, *_ in todo])
             stats = {k: engine_stats[k] - v for k, v in stats.items()}
         else:
-            for agent, question, kind, job_seed, examples in jobs:
+            for agent, question, kind, job_seed, examples in todo:
                 search(agent, question, kind, config, job_seed, examples, engine=False)
-        seconds, spent = time.perf_counter() - start, llm.counters.since(before)
+        seconds = time.perf_counter() - start
+        spent = add_costs(*[m.counters.since(b) for m, b in zip(models, before)])
         rates[engine] = spent["generated_tokens"] / seconds
         print(f"  {label:<56} {spent['generated_tokens']:7d} tokens in {seconds:7.1f}s = {rates[engine]:7.1f} "
-              f"tokens/s  ({spent['calls']} sequences, {spent['prompt_tokens']} prompt tokens billed)")
+              f"tokens/s  ({spent['calls']} sequences, {spent['prompt_tokens']} prompt tokens billed)", flush=True)
+    llm = agents[0].llm
     # the limit: the bare loop from a short context (the question alone), so the weights, not a long cached
     # prompt copied to every row, decide it; the same loop from the agents' few-shot prompt is shown beside it
     question = problems[0]["question"]
@@ -425,6 +438,8 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
           f"{long_context:7.1f} tokens/s  (the prompt copied to every row of the cache)")
     print(f"  the engine ran {stats['forwards']} forwards, {stats['tokens_fed']} tokens through the model, "
           f"{stats['tokens_copied']} tokens copied from another problem's arena")
+    if torch.cuda.is_available():
+        print(f"  GPU memory: peak {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB allocated")
     print(f"engine/limit: {rates[True] / limit:.2f}  engine/per-agent: {rates[True] / rates[False]:.2f}")
     return {"engine": rates[True], "per_agent": rates[False], "limit": limit}
 
@@ -443,7 +458,11 @@ def main(argv=None) -> None:
         validate_demo_config(demo)
         validate_search_config(search_config)
         print_config(demo, search_config)
-        if demo.benchmark:
+        if demo.benchmark and demo.paper_shaped:
+            problems = load_problems("arith", limit=demo.benchmark_problems, seed=demo.seed)
+            agents = [Agent(f"agent-{i}:random-like:{name}", random_model_like(name, demo.tokenizer, demo.device),
+                            temperature) for i, (name, temperature) in enumerate(PRESETS["paper"]["agents"])]
+        elif demo.benchmark:
             problems = load_problems("arith", limit=demo.benchmark_problems, seed=demo.seed)
             agents = make_agents("tiny", None if demo.model == EMBEDDED_ALIAS else demo.model, demo.device)
         else:
@@ -451,9 +470,10 @@ def main(argv=None) -> None:
     except (ConfigError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from None
     if demo.benchmark:
-        print(f"{len(problems)} arith problems x {len(agents)} agents, {search_config.rollouts} rollouts each, on "
-              f"{agents[0].llm.device} ({torch.get_num_threads()} threads)")
-        benchmark(agents, problems, search_config, demo.seed, demo.bare_batch)
+        print(f"{len(problems)} arith problems x {len(agents)} agents ({', '.join(a.llm.name for a in agents)}), "
+              f"{search_config.rollouts} rollouts each, on {agents[0].llm.device} "
+              f"({torch.cuda.get_device_name() if torch.cuda.is_available() else f'{torch.get_num_threads()} threads'})")
+        benchmark(agents, problems, search_config, demo.seed, demo.bare_batch, demo.reference_problems)
     else:
         result = search(agent, demo.question, demo.kind, search_config, demo.seed)
         print(render_tree(result.root))

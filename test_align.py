@@ -1940,23 +1940,7 @@ def test_a_strict_chat_template_gets_no_system_turn_and_strictly_alternating_tur
 
 
 # [ours] The published config.json values of the paper preset's models (and the embedded one), from their hub pages.
-PUBLISHED_CONFIGS = {
-    "mistralai/Ministral-8B-Instruct-2410": ("MistralConfig", dict(
-        vocab_size=131072, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)),
-    "HuggingFaceH4/zephyr-7b-beta": ("MistralConfig", dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, tie_word_embeddings=False)),
-    "microsoft/Phi-3-mini-4k-instruct": ("Phi3Config", dict(
-        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, pad_token_id=32000, tie_word_embeddings=False)),
-    "Qwen/Qwen2.5-7B-Instruct": ("Qwen2Config", dict(
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, tie_word_embeddings=False)),
-    llm.EMBEDDED_HUB_ID: ("LlamaConfig", dict(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, tie_word_embeddings=True)),
-}
+PUBLISHED_CONFIGS = llm.MODEL_SHAPES
 
 
 def test_known_parameter_counts_equal_models_built_from_the_published_configs():
@@ -1966,6 +1950,16 @@ def test_known_parameter_counts_equal_models_built_from_the_published_configs():
         with torch.device("meta"):                                    # shapes only: no memory, no time
             model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**values))
         assert sum(p.numel() for p in model.parameters()) == llm.KNOWN_PARAMETERS[name], name
+
+
+def test_a_random_model_like_a_published_one_has_its_parameters_and_the_same_weights_for_the_same_seed(tiny_model_dir):
+    # the benchmark's stand-in for a model that cannot be downloaded: the embedded shape, random weights
+    model = llm.random_model_like(llm.EMBEDDED_HUB_ID, tokenizer_source=tiny_model_dir, device="cpu", dtype="float32")
+    assert sum(p.numel() for p in model.model.parameters()) == llm.KNOWN_PARAMETERS[llm.EMBEDDED_HUB_ID]
+    again = llm.random_model_like(llm.EMBEDDED_HUB_ID, tokenizer_source=tiny_model_dir, device="cpu",
+                                  dtype="float32")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(model.model(ids).logits, again.model(ids).logits)     # seeded: the same weights twice
 
 
 def fake_hub_cache(cache, repo: str, shards: dict, present: list) -> None:
