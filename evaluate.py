@@ -50,6 +50,8 @@ BATCH_SIZE = {"cpu": 6, "cuda": 32}
 class EvalConfig:
     """python evaluate.py: run methods on a dataset and print the accuracy and cost table."""
     dataset: str = option("gsm8k", f"one of {sorted(DATASETS)} (bbh:TASK or mmlu:SUBJECT picks some)")
+    split: str = option("test", "test, or train where a dataset has one (arith, gsm8k): for choosing settings "
+                                "without touching the test problems")
     methods: str = option("cot,sc,mcts,vote,principal,align",
                           "comma-separated methods, run on the same problems (the paper's comparison by default; "
                           "also leader, leader-solo, NAME@MODEL)")
@@ -57,7 +59,7 @@ class EvalConfig:
     limit: int | None = option(None, "evaluate only the first N problems")
     seed: int = option(0, "seed of every random choice (and of the arith problems)")
     data_dir: str | None = option(None, "folder holding the dataset files (else $ALIGN_DATA_DIR, else download)")
-    output: str | None = option(None, "JSONL file of records (default runs/DATASET-PRESET-seedSEED.jsonl)")
+    output: str | None = option(None, "JSONL file of records (default runs/DATASET[-train]-PRESET-seedSEED.jsonl)")
     resume: bool = option(False, "skip (problem, method) pairs already in the output file")
     overwrite: bool = option(False, "start the output file afresh")
     model: str | None = option(None, "use this backbone for every agent, the principal and the leader")
@@ -552,7 +554,8 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     if config.preset not in PRESETS:
         raise DataError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    output = config.output or os.path.join("runs", f"{config.dataset.replace(':', '_')}-{config.preset}-"
+    split = "" if config.split == "test" else f"-{config.split}"
+    output = config.output or os.path.join("runs", f"{config.dataset.replace(':', '_')}{split}-{config.preset}-"
                                                    f"seed{config.seed}.jsonl")
     rank_files = [f"{output}.rank{r}" for r in range(world)] if world > 1 else []
     if os.path.exists(output) and not (config.resume or config.overwrite):  # every rank stops, none hangs
@@ -580,7 +583,7 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     if world > 1:
         dist.barrier()
     problems = [{**p, "dataset": config.dataset}
-                for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed)]
+                for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed, config.split)]
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
     batch_size = config.batch_size or BATCH_SIZE["cuda" if str(device or "").startswith("cuda")
@@ -637,6 +640,8 @@ def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameCon
     methods = parse_methods(config.methods)
     if config.dataset.partition(":")[0] not in DATASETS:           # bbh:TASK,... picks tasks (data.py)
         raise ConfigError(f"--dataset must be one of {', '.join(sorted(DATASETS))} (got {config.dataset!r})")
+    splits = DATASETS[config.dataset.partition(":")[0]][1]
+    require(config, "split", lambda split: split in splits, f"one of {', '.join(splits)} for this dataset")
     require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
     require(config, "limit", lambda limit: limit is None or limit >= 1, "at least 1",
             "leave it out for every problem")

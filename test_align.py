@@ -1680,6 +1680,7 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("evaluate.py", ["--eta", "-1"], "--eta must be positive (got -1.0)"),
     ("evaluate.py", ["--max-rounds", "0"], "--max-rounds must be at least 1 (got 0)"),
     ("evaluate.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("evaluate.py", ["--dataset", "math500", "--split", "train"], "--split must be one of test for this dataset (got 'train')"),
     ("evaluate.py", ["--sc-samples", "0"], "--sc-samples must be at least 1 (got 0)"),
     ("evaluate.py", ["--leader-rounds", "0"], "--leader-rounds must be at least 1 (got 0)"),
     ("evaluate.py", ["--principal-mode", "nonsense"], "--principal-mode must be one of score, listwise"),
