@@ -53,8 +53,10 @@ class GameConfig:
                                      "--patience rounds), l1 (every policy moved less than --tolerance), none")
     patience: int = option(3, "[ours] argmax stopping: rounds the most likely classes must stay the same")
     tolerance: float = option(1e-3, "[ours] l1 stopping: the L1 move below which a policy counts as still")
-    principal_mode: str = option("score", "[ours] principal's order (principal.py): score (its P(Yes) that a "
-                                          "solution is right), listwise, consistency or likelihood")
+    principal_mode: str | None = option(None, "[ours] principal's order (principal.py): score (its P(Yes) that a "
+                                              "solution is right), listwise, consistency or likelihood (default: the "
+                                              "preset's, tiny " + PRESETS["tiny"]["principal_mode"] + ", paper "
+                                              + PRESETS["paper"]["principal_mode"] + ")")
     principal_samples: int = option(8, "[ours] consistency mode: the principal's own sampled solutions")
     principal_temperature: float = option(0.7, "[ours] consistency mode: their temperature")
     principal_tau: float = option(0.0, "[ours] Plackett-Luce temperature of each round's ranking (0: fixed)")
@@ -70,7 +72,15 @@ def validate_game_config(config: GameConfig) -> None:
     require_at_least(config, 1, "max_rounds", "patience", "principal_samples")
     require(config, "principal_temperature", lambda t: t >= 0, "at least 0")
     require(config, "tolerance", lambda tolerance: tolerance >= 0, "at least 0")
-    require(config, "principal_mode", lambda mode: mode in PRINCIPAL_MODES, f"one of {', '.join(PRINCIPAL_MODES)}")
+    require(config, "principal_mode", lambda mode: mode is None or mode in PRINCIPAL_MODES,
+            f"one of {', '.join(PRINCIPAL_MODES)}")
+
+
+def with_preset_defaults(config: GameConfig, preset: str) -> GameConfig:
+    """The game settings with the preset's principal mode wherever --principal-mode was left out."""
+    if config.principal_mode is None:
+        return dataclasses.replace(config, principal_mode=PRESETS[preset]["principal_mode"])
+    return config
     require(config, "principal_tau", lambda tau: tau >= 0, "at least 0", "0 is the principal's fixed order")
 
 
@@ -145,6 +155,9 @@ def principal_order(principal, question: str, kind: str, pool: Pool, config: Gam
 
 def principal_order_program(principal, question: str, kind: str, pool: Pool, config: GameConfig, seed: int):
     """Step 3 as a program (engine.py), so many questions' orders can be computed in lockstep."""
+    if config.principal_mode is None:
+        raise ValueError("GameConfig.principal_mode is unset: name a mode, or take the preset's with "
+                         "with_preset_defaults(config, preset)")
     return rank_program(principal, question, kind, pool.answers, [r.trace for r in pool.representatives],
                         config.principal_mode, seed, config.principal_samples, config.principal_temperature)
 
@@ -418,6 +431,7 @@ def main(argv=None) -> None:
         validate_game_config(game_config)
     except (ConfigError, ModelLoadError) as error:
         raise SystemExit(f"error: {error}") from None
+    game_config = with_preset_defaults(game_config, solve_config.preset)
     print_config(solve_config, search_config, game_config)
     if solve_config.simulate or solve_config.study:   # theory.py imports this file, so it is run, not imported
         theory = runpy.run_module("theory", alter_sys=True)

@@ -32,7 +32,8 @@ import time
 
 from tqdm import tqdm
 
-from align import GameConfig, delegate, pool_classes, principal_order_program, validate_game_config
+from align import (GameConfig, delegate, pool_classes, principal_order_program, validate_game_config,
+                   with_preset_defaults)
 from data import DataError, DATASETS, load_problems
 from engine import Request, run_programs
 from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
@@ -140,7 +141,7 @@ class Context:
                  leader=None, device: str | None = None):
         self.config = config
         self.search = search or SearchConfig()
-        self.game = game or GameConfig()
+        self.game = with_preset_defaults(game or GameConfig(), config.preset)
         self.leader_config = leader_config or LeaderConfig()
         self.device = device or config.device
         self._agents, self._principal, self._leader = agents, principal, leader
@@ -553,6 +554,7 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
         raise DataError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
     if config.preset not in PRESETS:
         raise DataError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}.")
+    game = with_preset_defaults(game, config.preset)     # the records' settings name the mode that ran
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     split = "" if config.split == "test" else f"-{config.split}"
     output = config.output or os.path.join("runs", f"{config.dataset.replace(':', '_')}{split}-{config.preset}-"
@@ -683,6 +685,7 @@ def main(argv=None):
     if config.check:
         print(describe_models(role_models(config), config.device, config.dtype))
         return []
+    game = with_preset_defaults(game, config.preset)     # --principal-mode left out: the preset's
     if int(os.environ.get("RANK", 0)) == 0:
         print_config(config, search, game, leader_config)
     try:

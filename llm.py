@@ -57,13 +57,16 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PRESETS = {
     # [ours] tiny: the paper's homogeneous-agent setting on the embedded model -- one backbone, three
     # temperatures -- with the same model as principal and leader. Runs on a CPU.
+    # Its principal mode (principal.py) was chosen by measurement on arith's TRAIN split (README, "Which
+    # principal"): the mode whose pick was right most often there.
     "tiny": {"agents": [(EMBEDDED_ALIAS, 0.5), (EMBEDDED_ALIAS, 0.7), (EMBEDDED_ALIAS, 1.0)],
-             "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS},
+             "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS, "principal_mode": "score"},
     # [paper] three heterogeneous agents and a Qwen2.5-7B principal (exact checkpoints and the agents'
     # temperature are [ours]). Their bf16 weights take ~53 GB: one 80 GB GPU.
     "paper": {"agents": [("mistralai/Ministral-8B-Instruct-2410", 0.7), ("HuggingFaceH4/zephyr-7b-beta", 0.7),
                          ("microsoft/Phi-3-mini-4k-instruct", 0.7)],
-              "principal": "Qwen/Qwen2.5-7B-Instruct", "leader": "Qwen/Qwen2.5-7B-Instruct"},
+              "principal": "Qwen/Qwen2.5-7B-Instruct", "leader": "Qwen/Qwen2.5-7B-Instruct",
+              "principal_mode": "score"},   # [ours] the verification question: a 7B model can answer it
 }
 
 

@@ -2029,3 +2029,11 @@ def test_check_against_the_memory_of_a_gpu_and_the_devices_it_has(monkeypatch):
     llm.check_device_and_dtype("cuda:0", "bfloat16")
     with pytest.raises(llm.ConfigError, match=r"--device cuda:1: this machine has 1 GPU\(s\), cuda:0 to cuda:0"):
         llm.check_device_and_dtype("cuda:1")
+
+
+def test_the_principal_mode_left_out_is_the_presets_and_a_named_one_is_kept():
+    for preset in llm.PRESETS:
+        assert align.with_preset_defaults(GameConfig(), preset).principal_mode == llm.PRESETS[preset]["principal_mode"]
+        assert align.with_preset_defaults(GameConfig(principal_mode="listwise"), preset).principal_mode == "listwise"
+    with pytest.raises(ValueError, match="principal_mode is unset"):   # a library caller is told, not guessed for
+        align.principal_order_program(None, "q", "number", align.Pool(["1"], [None], []), GameConfig(), 0)
