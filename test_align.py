@@ -859,6 +859,29 @@ def test_evaluate_resume_after_a_kill_equals_an_uninterrupted_run(tiny_model_dir
     assert out.count("\ncot ") == 1
 
 
+def test_ctrl_c_stops_with_one_line_and_resume_completes_to_the_uninterrupted_records(tiny_model_dir, tmp_path):
+    args = ["evaluate.py", "--dataset", "arith", "--methods", "cot,sc", "--limit", "6", "--model", tiny_model_dir,
+            "--sc-samples", "3", "--max-new-tokens", "24", "--no-progress", "--batch-size", "1"]
+    whole = tmp_path / "whole.jsonl"
+    run_cli(*args, "--output", str(whole))
+    part = tmp_path / "part.jsonl"
+    process = subprocess.Popen([sys.executable, *args, "--output", str(part)], cwd=HERE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_records(str(part))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)                                    # what Ctrl-C sends
+    _, err = process.communicate(timeout=120)
+    safe = len(read_records(str(part)))
+    assert process.returncode != 0 and 2 <= safe < 12                   # it stopped part-way, saying so in one
+    last = err.strip().splitlines()[-1]                                   # line (above it: transformers' load bars)
+    assert "Traceback" not in err and last.startswith(f"interrupted: {safe} records are safe"), err
+    assert last.endswith("--resume") and "--output" in last
+    run_cli(*args, "--output", str(part), "--resume")
+    assert _comparable(read_records(str(part))) == _comparable(read_records(str(whole)))
+    assert len(read_records(str(part))) == 12
+
+
 def test_evaluate_refuses_to_clobber_and_explains_bad_input(tiny_model_dir, tmp_path):
     existing = tmp_path / "r.jsonl"
     existing.write_text("")
