@@ -2060,3 +2060,18 @@ def test_the_principal_mode_left_out_is_the_presets_and_a_named_one_is_kept():
         assert align.with_preset_defaults(GameConfig(principal_mode="listwise"), preset).principal_mode == "listwise"
     with pytest.raises(ValueError, match="principal_mode is unset"):   # a library caller is told, not guessed for
         align.principal_order_program(None, "q", "number", align.Pool(["1"], [None], []), GameConfig(), 0)
+
+
+def test_resume_onto_records_made_with_other_settings_is_refused_saying_which(tmp_path, nothing_loads):
+    path = tmp_path / "r.jsonl"
+    written = evaluate.record_settings(EvalConfig(dataset="arith", max_new_tokens=16), SearchConfig(), GameConfig(),
+                                       mlpo.LeaderConfig())
+    path.write_text(json.dumps({"settings": written}) + "\n")
+    message = one_line_error(evaluate.main, ["--dataset", "arith", "--max-new-tokens", "64", "--output", str(path),
+                                             "--resume"])
+    assert "max_new_tokens=16 there, 64 here" in message and "dataset" not in message
+    message = one_line_error(evaluate.main, ["--dataset", "gsm8k", "--max-new-tokens", "16", "--output", str(path),
+                                             "--resume"])
+    assert "dataset='arith' there, 'gsm8k' here" in message
+    path.write_text(json.dumps({"problem_id": "arith-test-0-0", "method": "cot"}) + "\n")    # an old file
+    assert "no settings line" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(path), "--resume"])
