@@ -1053,7 +1053,7 @@ def test_uct_on_a_hand_built_tree():
 def test_mcts_visits_and_rewards_equal_a_hand_computation():
     fake = FakeLLM(steps={"": ["A", "B"], "A\n": ["A1 The answer is 1.", "A2"]},
                    completions={"A\n": "The answer is 1.", "B\n": "The answer is 2.", "A\nA2\n": "The answer is 2."})
-    config = SearchConfig(rollouts=4, children=2, parallel=1, exploration=1.0)
+    config = SearchConfig(rollouts=4, children=2, root_children=2, parallel=1, exploration=1.0)
     result = search(Agent("fake", fake, 0.7), "What is it?", config=config, seed=0)
     root = result.root
     a, b = root.children
@@ -1077,12 +1077,61 @@ def test_mcts_depth_limit_holds():
                 return [[f"step {s.count(chr(10)) + 1}.{k}" for k in range(num_samples)] for s in suffixes]
             return [["no answer here"] * num_samples for _ in suffixes]
 
-    result = search(Agent("fake", Steps(), 0.7), "q", config=SearchConfig(rollouts=40, max_depth=2, children=2))
+    config = SearchConfig(rollouts=40, max_depth=2, children=2, root_children=2)
+    result = search(Agent("fake", Steps(), 0.7), "q", config=config)
 
     def depths(node):
         return [node.depth] + [d for c in node.children for d in depths(c)]
     assert max(depths(result.root)) == 2
     assert all(not c.expanded for a in result.root.children for c in a.children)
+
+
+class FirstStepFixesTheAnswer(FakeLLM):
+    """A seeded toy model: a first step draws the answer from `shares`; later steps and completions restate it."""
+
+    def __init__(self, shares):
+        super().__init__()
+        self.shares = shares
+
+    def generate(self, prefix, suffixes=("",), num_samples=1, stop=None, seed=0, **kwargs):
+        rows = []
+        for suffix in suffixes:
+            rng = random.Random(f"{seed}|{suffix}")
+            if not suffix:
+                rows.append([f"Idea {rng.randrange(10 ** 9)} leads to "
+                             f"{rng.choices(list(self.shares), list(self.shares.values()))[0]}."
+                             for _ in range(num_samples)])
+                continue
+            answer = re.match(r"Idea \d+ leads to (\w+)\.", suffix).group(1)
+            rows.append([f"Still {answer}, check {rng.randrange(10 ** 9)}." for _ in range(num_samples)] if stop
+                        else [f"The answer is {answer}."] * num_samples)
+        return rows
+
+
+def test_a_root_as_wide_as_the_rollouts_values_answers_as_independent_chains_do():
+    """Issue 10: every rollout descends from one of the root's first steps. When the first step fixes the answer, a
+    root of 3 (the default, the paper's deeper tree) lets UCT re-sample the leading first step, so U^i of the
+    leading class exceeds what self-consistency over 16 independent chains gives; --root-children 16 removes the
+    skew. mcts.py's comment on root_children has the full measurement and why the default stays 3."""
+    shares, searches = {"1": 0.5, "2": 0.3, "3": 0.2}, 100
+    counts = np.stack([(np.random.default_rng(0).choice(3, size=(100_000, 16), p=list(shares.values())) == k).sum(1)
+                       for k in range(3)], 1)
+    chains = counts[:, 0].mean() / 16, counts.max(1).mean() / 16       # 16 independent chains: 0.50, 0.525
+
+    def tree(config):   # mean U of the modal class "1" and of the top class, over seeded searches
+        agent, modal, top = Agent("toy", FirstStepFixesTheAnswer(shares), 0.7), [], []
+        for seed in range(searches):
+            utility = {c.answer: c.utility for c in search(agent, "q", config=config, seed=seed).classes}
+            modal.append(utility.get("1", 0.0))
+            top.append(max(utility.values()))
+        return np.mean(modal), np.mean(top)
+
+    narrow = tree(SearchConfig())
+    assert SearchConfig().root_children == 3
+    assert narrow[0] > chains[0] + 0.03 and narrow[1] > chains[1] + 0.15          # the skew: ~0.56, ~0.79
+    wide = tree(SearchConfig(root_children=16))
+    # tolerance 0.03: about 2.5 standard errors of a mean over 100 searches of independent chains
+    assert abs(wide[0] - chains[0]) < 0.03 and abs(wide[1] - chains[1]) < 0.03, (wide, chains)
 
 
 def test_the_gold_answer_never_reaches_a_model():
@@ -1724,6 +1773,7 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("align.py", ["--model", "/no/such/path"], "does not exist"),
     ("mcts.py", ["--question", ""], "--question is empty"),
     ("mcts.py", ["--rollouts", "0"], "--rollouts must be at least 1 (got 0)"),
+    ("mcts.py", ["--root-children", "0"], "--root-children must be at least 1 (got 0)"),
     ("mcts.py", ["--model", "../no/such/path"], "does not exist"),
     ("mlpo.py", ["train", "--group-size", "0"], "--group-size must be at least 1 (got 0)"),
     ("mlpo.py", ["train", "--steps", "-1"], "--steps must be at least 1 (got -1)"),
