@@ -398,8 +398,11 @@ class Engine:
             row.visible = torch.cat([row.visible, slot])
             queries.append(_Query(row.job.arena, row.feed, row.position, row.visible, slot,
                                   lambda logits, seconds, row=row: self._fed(row, logits, seconds)))
-        queries += self.extra
-        self.extra = []
+        # scored continuations' tokens, in order, as many as the step has room for (at least one): their
+        # logits are what a step holds in memory (tokens x vocabulary), so a long list waits for later steps
+        room = max(self.max_tokens_per_step - len(queries), 1)
+        queries += self.extra[:room]
+        self.extra = self.extra[room:]
         waiting = []
         while self.prompts and (len(queries) + len(self.prompts[0][1]) <= self.max_tokens_per_step or not queries):
             prompt = self.prompts.pop(0)

@@ -57,7 +57,7 @@ from hedge import Hedge, adversarial_regret, hedge_regret_bound, softmax, tuned_
 from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
 from mlpo import (choose_aggregations, completion_logprobs, drop_easy_questions, group_advantages, keep_completion,
                   leader_answer, leader_reward, mlpo_loss, sft_loss, template_completion)
-from principal import PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
+from principal import PRINCIPAL_MODES, PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
 from theory import (STUDY_LEVELS, break_even, principal_quality_study, replay_game, replay_problems, simulate,
                     synthetic_question, theorem1_margin)
 from utility import (Sample, answer_kind_of_target, canonical_answer, explicit_answer, extract_answer,
@@ -726,6 +726,20 @@ def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm):
     assert sum(len(chain) for chain in chains) == 6 and all(len(ids) for chain in chains for ids in chain)
 
 
+@pytest.mark.parametrize("max_tokens_per_step", [1024, 3])
+def test_engine_scores_equal_the_reference_scores_even_split_over_steps(tiny_llm, max_tokens_per_step):
+    """log p(continuation | prompt) through the engine (each continuation's tokens fed as a branch; with a small
+    step, spread over many forwards) equals LLM.score, for several continuations of different lengths."""
+    prompt = tiny_llm.chat("Tom has 3 apples and buys 5 more. How many?")
+    continuations = ("Yes", "He has 8 apples.", "3 + 5 = 8, so the answer is 8.", "No")
+
+    def program():
+        [scores] = yield [Request(tiny_llm, prompt, score=continuations)]
+        return scores
+    [scores] = run_programs([program()], max_tokens_per_step=max_tokens_per_step)
+    assert scores == pytest.approx(tiny_llm.score(prompt, list(continuations)), abs=1e-4)
+
+
 def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it_again(tiny_llm):
     """Two problems whose prompts share the few-shot exemplars: the second copies their keys and values."""
     examples = [("Mia has 12 pencils and gives 5 away. How many are left?", "12 - 5 = 7.\nThe answer is 7.")] * 3
@@ -1028,9 +1042,14 @@ class FakeLLM:
         return self.generate(prompt, [""], num_samples, **kwargs)[0] if "Rank" not in prompt else [self.reply]
 
     def score(self, prompt, continuations):
-        self.prompts.append(prompt)
+        self.prompts += [prompt, *continuations]          # what is scored is seen too
         self.counters.calls += len(continuations)
-        return [self.yes_logprob(prompt), -1.0]
+        if tuple(continuations) == ("Yes", "No"):
+            return [self.yes_logprob(prompt), -1.0]
+        return [-float(len(c)) for c in continuations]    # likelihood mode: shorter solutions likelier
+
+    def encode(self, text):
+        return text.split()
 
 
 def test_uct_on_a_hand_built_tree():
@@ -1134,12 +1153,14 @@ def test_a_root_as_wide_as_the_rollouts_values_answers_as_independent_chains_do(
     assert abs(wide[0] - chains[0]) < 0.03 and abs(wide[1] - chains[1]) < 0.03, (wide, chains)
 
 
-def test_the_gold_answer_never_reaches_a_model():
+@pytest.mark.parametrize("mode", PRINCIPAL_MODES)
+def test_the_gold_answer_never_reaches_a_model(mode):
     agents_llm = FakeLLM(default_step="Add them.", default_completion="So the total is 12. The answer is 12.")
     principal = FakeLLM()
     leader = FakeLLM(default_completion="The team agrees.</think><answer>12")
     ctx = Context(EvalConfig(sc_samples=2, engine=False), SearchConfig(rollouts=4, children=2),
-                  agents=[Agent(f"a{i}", agents_llm, 0.7) for i in range(3)], principal=principal, leader=leader)
+                  GameConfig(principal_mode=mode), agents=[Agent(f"a{i}", agents_llm, 0.7) for i in range(3)],
+                  principal=principal, leader=leader)
     problem = {"id": "p", "question": "Ava has 5 apples and buys 7 more. How many?", "answer": "31337",
                "kind": "number"}
     for method in ["cot", "sc", "mcts", "vote", "principal", "align", "leader", "leader-solo"]:
