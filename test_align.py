@@ -1547,12 +1547,15 @@ def test_break_even_is_the_lowest_level_where_align_beats_vote_strictly():
 
 def test_the_study_runs_from_both_command_lines(tmp_path):
     path = tmp_path / "records.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in study_records()))
+    settings = json.dumps({"settings": evaluate.record_settings(EvalConfig(), SearchConfig(), GameConfig(),
+                                                                  mlpo.LeaderConfig())})
+    path.write_text(settings + "\n" + "".join(json.dumps(r) + "\n" for r in study_records()))   # as evaluate writes
     for command in (["align.py", "--study", str(path)], ["theory.py", "--study", str(path)]):
         out = run_cli(*command, timeout=120)
         assert "ORACLE STUDY: the simulated principal reads the gold answers; no method sees them" in out
         assert "3 problems replayed, 1 skipped (empty pool)" in out and "vote as recorded 1/1" in out
         assert out.strip().splitlines()[-1] == "break-even principal correlation: 0.50"
+
 
 def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
     output = tmp_path / "game.jsonl"

@@ -254,9 +254,11 @@ def read_jsonl(path: str) -> list[dict]:
     records = []
     for line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            pass
+            continue
+        if "problem_id" in record:                   # not the settings line an output file starts with
+            records.append(record)
     return records
 
 
