@@ -119,13 +119,14 @@ class SearchConfig:
     max_depth: int = option(5, "[paper] a branch ends at this many steps")
     children: int = option(3, "[ours] next steps sampled when a node below the root is expanded")
     # [ours] Measured on a toy model whose first step fixes the answer (shares 0.5, 0.3, 0.2; 400 searches per
-    #        width; test_align.py): a rollout beyond the root's width re-samples a first step that UCT picks, the
-    #        leading answer's more often, so the top class's mean U was 0.79 at width 3, 0.65 at 4, 0.61 at 8, 0.55
-    #        at 15 and 0.53 at 16, where 16 independent chains give 0.525; only a width of --rollouts (16) came
-    #        within two standard errors of the chains on every figure. That width makes the tree one step deep
-    #        (every rollout completes its own first step: self-consistency over 16 chains, `max_depth` and UCT
-    #        unused), which is no longer the paper's MCTS; so the default keeps the paper's tree, with its skew,
-    #        and --root-children 16 is the measured choice for U^i as self-consistency over independent samples.
+    #        width; test_align.py repeats it with 100): a rollout beyond the root's width re-samples a first step
+    #        that UCT picks, the leading answer's more often, so the top class's mean U was 0.79 at width 3, 0.65
+    #        at 4, 0.61 at 8, 0.55 at 15 and 0.53 at 16, where 16 independent chains give 0.525; only a width of
+    #        --rollouts (16) came within two standard errors of the chains on every figure. That width makes the
+    #        tree one step deep (every rollout completes its own first step: self-consistency over 16 chains,
+    #        `max_depth` and UCT unused), which is no longer the paper's MCTS; so the default keeps the paper's
+    #        tree, with its skew, and --root-children 16 is the measured choice for U^i as self-consistency over
+    #        independent samples.
     root_children: int = option(3, "[ours] next steps sampled at the root, the first steps every rollout descends "
                                    "from; --rollouts or more gives every rollout its own (U^i then equals "
                                    "self-consistency over independent chains, and the tree is one step deep)")
