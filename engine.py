@@ -183,8 +183,8 @@ class Arena:
 
     def _allocate(self, capacity: int) -> None:
         # One block for every layer's keys and values (2, layers, 1, kv_heads, capacity, dim), so growing or freeing
-        # an arena is one allocation; torch.empty, since a page costs memory only once written and slots at or
-        # past `length` are never read.
+        # an arena is one allocation; torch.empty, since a page costs memory only once written. Slots at or past
+        # `length` are never read, and `take` zeroes each fresh slot as it hands it out.
         storage = torch.empty((2, self.layers, 1, self.kv_heads, capacity, self.head_dim), dtype=self.dtype,
                               device=self.device)
         positions = torch.zeros(capacity, dtype=torch.long, device=self.device)
@@ -202,6 +202,11 @@ class Arena:
             self._allocate(max(self.positions.shape[0] * 5 // 4, self.length + fresh + 256))
         slots = torch.tensor(reused + list(range(self.length, self.length + fresh)), dtype=torch.long,
                              device=self.device)
+        # The attention reads every slot below `length` and masks the ones a query does not see; a masked slot
+        # still enters the arithmetic (NaN + -inf is NaN, 0 x NaN is NaN), so it must hold finite numbers even
+        # before its forward writes it -- a scored continuation takes all its slots at once and is fed over
+        # several steps. torch.empty may hold NaN (it did on CI): zero the fresh slots.
+        self.storage[..., self.length:self.length + fresh, :] = 0
         self.positions[slots] = torch.tensor(positions, dtype=torch.long, device=self.device)
         self.length += fresh
         return slots

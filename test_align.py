@@ -71,6 +71,20 @@ needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="n
 
 # ---------------------------------------------------------------- fixtures
 
+@pytest.fixture(autouse=True)
+def arenas_start_as_nan(monkeypatch):
+    """Every engine arena in these tests starts filled with NaN, as memory fresh from torch.empty may on another
+    machine (CI once read NaN there where this machine's fresh pages were zeros): a slot read before the forward
+    that writes it then turns the logits into NaN, here as there, instead of passing by luck."""
+    allocate = engine.Arena._allocate
+
+    def allocate_poisoned(self, capacity):
+        used = self.length
+        allocate(self, capacity)
+        self.storage[..., used:, :] = float("nan")
+    monkeypatch.setattr(engine.Arena, "_allocate", allocate_poisoned)
+
+
 # The model classes of the `paper` preset, tiny and random: (config class, model class, settings). The windows of
 # the sliding-window classes are set by the tests (TINY_WINDOW unless a test says otherwise).
 TINY_WINDOW = 128
