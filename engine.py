@@ -459,7 +459,9 @@ class Engine:
         row.feed, row.logits = None, logits
         if row.finishing:
             row.logits = None
-            self._finish(row, state=State(row.job.arena, row.visible, row.position, logits, row.position,
+            # a kept state outlives this step: its own copy of the row (a view would keep the forward's whole
+            # (rows, vocab) logits alive as long as the tree keeps the node)
+            self._finish(row, state=State(row.job.arena, row.visible, row.position, logits.clone(), row.position,
                                           row.visible[row.inherited:]))
 
     def _finish(self, row: _Row, ended: bool = False, state: State | None = None) -> None:
@@ -524,8 +526,8 @@ class Engine:
 
         def prompt_done(last_logits, seconds, fed=len(ids) - common):
             job.seconds += seconds * fed                    # the forward's time, by the tokens this prompt fed
-            prompt.logits = last_logits
-            start(State(arena, prompt.slots, len(ids), last_logits, len(ids)))
+            prompt.logits = last_logits.clone()            # a copy, not a view: see _fed
+            start(State(arena, prompt.slots, len(ids), prompt.logits, len(ids)))
             for ready in prompt.waiting:
                 ready()
         for k in range(len(ids) - common):
