@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import math
 import time
 
 import torch
@@ -40,8 +41,18 @@ from llm import billing, derive_seed
 
 ARENA_ATTENTION = "align_arena"        # the name our attention function is registered under
 # What the engines did, for the benchmarks: forwards run, tokens that went through a model, tokens whose keys and
-# values were copied from another problem's arena instead.
-STATS = {"forwards": 0, "tokens_fed": 0, "tokens_copied": 0}
+# values were copied from another problem's arena instead; and the forwards that fed at most SMALL_FORWARD tokens
+# (a batch's tail: a few long rollouts left while the rest wait) with their seconds, beside all forwards' seconds.
+STATS = {"forwards": 0, "tokens_fed": 0, "tokens_copied": 0, "small_forwards": 0, "small_seconds": 0.0,
+         "seconds": 0.0}
+SMALL_FORWARD = 3
+# [ours] The most tokens one forward feeds (its rows first, then the queue of prompts' and scored continuations'
+# tokens). On a CPU a forward's cost per token is flat beyond a few dozen tokens, and the budget bounds what a
+# forward holds (attention scores; the logits of scored tokens, 256 x 49,152 x 4 bytes = 50 MB on the embedded
+# model). Measured on 2 cores, `evaluate.py --methods principal --limit 6`: peak 1.81 GiB and 16.8 s/problem at
+# 1024, 1.63 GiB and 17.3 s at 256, the same records. On a GPU a bigger forward is cheaper per token: 1024 (not
+# measured on one).
+TOKENS_PER_STEP = {"cpu": 256, "cuda": 1024}
 
 
 @dataclasses.dataclass
@@ -88,12 +99,13 @@ release_freed_memory = _trimmer()
 
 
 def run_programs(programs: list, accounts: list | None = None, arenas: list | None = None, engine: bool = True,
-                 max_tokens_per_step: int = 1024) -> list:
+                 max_tokens_per_step: int | None = None) -> list:
     """Run generator programs to completion; returns what each one returned.
 
     accounts[i]: who pays for program i's requests (see llm.billing); arenas[i]: the arena its tokens live in
     (programs of one problem share one, and with it their common prompt); by default one each.
     engine=False: the reference path, one program at a time, each request through LLM.generate / LLM.score.
+    max_tokens_per_step: the most tokens a forward feeds (default: TOKENS_PER_STEP for the model's device).
     """
     accounts = accounts or [None] * len(programs)
     arenas = arenas or list(range(len(programs)))
@@ -367,12 +379,13 @@ class _Query:
 class Engine:
     """Every sequence in flight on one backbone, advanced one token per `step`, all in one forward."""
 
-    def __init__(self, llm, max_tokens_per_step: int = 1024):
+    def __init__(self, llm, max_tokens_per_step: int | None = None):
         self.llm, self.model = llm, llm.model
-        self.max_tokens_per_step = max_tokens_per_step
+        self.max_tokens_per_step = max_tokens_per_step or TOKENS_PER_STEP[
+            "cuda" if torch.device(llm.device).type == "cuda" else "cpu"]
         self.arenas: dict = {}
-        self.prompts: list = []          # (job, prompt ids, continuations' ids): prompts waiting to be encoded
-        self.extra: list = []            # _Query: tokens of scored continuations waiting to be fed
+        self.prompts: list = []          # (job, prompt ids, continuations' ids): prompts not queued yet
+        self.pending: list = []          # _Query: prompts' and scored continuations' tokens waiting to be fed
         self.rows: list = []
         self.token_texts = llm.__dict__.setdefault("token_texts", {})     # token id -> its text, for stop strings
 
@@ -403,19 +416,23 @@ class Engine:
             row.visible = torch.cat([row.visible, slot])
             queries.append(_Query(row.job.arena, row.feed, row.position, row.visible, slot,
                                   lambda logits, seconds, row=row: self._fed(row, logits, seconds)))
-        # scored continuations' tokens, in order, as many as the step has room for (at least one): their
-        # logits are what a step holds in memory (tokens x vocabulary), so a long list waits for later steps
+        # every new prompt's tokens join the queue (one whose prefix another arena is computing waits for it)
+        self.prompts = [prompt for prompt in self.prompts if not self._queue_prompt(*prompt)]
+        # then the queue's tokens (prompts, scored continuations), in order, as many as the step has room for (at
+        # least one). A prompt longer than the room is fed over several steps (chunked prefill): every token's keys
+        # are written in the forward that feeds it, and a token is never fed before the ones it sees. The budget
+        # bounds what a forward holds in memory (its attention scores, the logits of scored tokens).
         room = max(self.max_tokens_per_step - len(queries), 1)
-        queries += self.extra[:room]
-        self.extra = self.extra[room:]
-        waiting = []
-        while self.prompts and (len(queries) + len(self.prompts[0][1]) <= self.max_tokens_per_step or not queries):
-            prompt = self.prompts.pop(0)
-            if not self._queue_prompt(*prompt, queries):
-                waiting.append(prompt)
-        self.prompts = waiting + self.prompts
+        queries += self.pending[:room]
+        self.pending = self.pending[room:]
         if queries:
+            started = time.perf_counter()
             logits = self._forward(queries)
+            seconds = time.perf_counter() - started
+            STATS["seconds"] += seconds
+            if len(queries) <= SMALL_FORWARD:
+                STATS["small_forwards"] += 1
+                STATS["small_seconds"] += seconds
             seconds = (time.perf_counter() - start) / len(queries)
             for query, row_logits in zip([q for q in queries if q.on_logits], logits):
                 query.on_logits(row_logits, seconds)
@@ -484,10 +501,10 @@ class Engine:
             job.done(job.results)
 
     # ---------------------------------------------------------------- prompts and scores
-    def _queue_prompt(self, job: _Job, ids: list, continuations: list, queries: list) -> bool:
+    def _queue_prompt(self, job: _Job, ids: list, continuations: list) -> bool:
         """Queue the tokens of a prompt that its arena does not hold yet: each sees the shared prefix and the
         tokens before it. When its last token is through, the request's rows (or scores) start. Returns False
-        when the prompt must wait for the next step."""
+        when the prompt must wait for a later step."""
         arena, request = job.arena, job.request
         job.context_tokens = (sum(len(ids) + len(c) for c in continuations) if request.score
                               else len(ids) * request.n)
@@ -512,7 +529,7 @@ class Engine:
                 if shared > longest and (prompt.logits is not None or shared > common + 16):
                     source, source_prompt, longest = other, prompt, shared
         if source_prompt is not None and source_prompt.logits is None:
-            return False                                    # computed in this step's forward: copy it next step
+            return False                                    # still being computed: copy it once it is done
         longest = min(longest, len(ids) - 1)              # the last token is always fed: its logits are needed
         if not common:
             prefix_slots = torch.empty(0, dtype=torch.long, device=arena.device)
@@ -531,8 +548,8 @@ class Engine:
             for ready in prompt.waiting:
                 ready()
         for k in range(len(ids) - common):
-            queries.append(_Query(arena, ids[common + k], common + k, prompt.slots[:common + k + 1], slots[k:k + 1],
-                                  prompt_done if k == len(ids) - common - 1 else None))
+            self.pending.append(_Query(arena, ids[common + k], common + k, prompt.slots[:common + k + 1],
+                                       slots[k:k + 1], prompt_done if k == len(ids) - common - 1 else None))
         return True
 
     def _queue_scores(self, job: _Job, state: State, continuations: list) -> None:
@@ -551,13 +568,16 @@ class Engine:
                 job.seconds += seconds
                 terms.append(float(torch.log_softmax(logits.float(), -1)[ids[k + 1]]))
                 if len(terms) == len(ids):
+                    if math.isnan(sum(terms)):               # never a model's answer: a slot read before it was written
+                        raise RuntimeError("engine: a scored continuation's log-probability is NaN; this is a bug "
+                                           "in engine.py, please report it with the command you ran")
                     job.results[c] = sum(terms)
                     job.arena.release(slots)
                     self._close(job)
             for k in range(len(ids) - 1):
-                self.extra.append(_Query(job.arena, ids[k], state.position + k,
-                                         torch.cat([state.visible, slots[:k + 1]]), slots[k:k + 1],
-                                         lambda logits, seconds, k=k, scored=scored: scored(logits, seconds, k)))
+                self.pending.append(_Query(job.arena, ids[k], state.position + k,
+                                           torch.cat([state.visible, slots[:k + 1]]), slots[k:k + 1],
+                                           lambda logits, seconds, k=k, scored=scored: scored(logits, seconds, k)))
 
     # ---------------------------------------------------------------- the forward
     def _forward(self, queries: list) -> torch.Tensor:
@@ -580,7 +600,8 @@ class Engine:
         STATS["tokens_fed"] += len(queries)
         ids = torch.tensor([[query.token for query in queries]], device=device)            # (1, Q)
         positions = torch.tensor([[query.position for query in queries]], device=device)    # (1, Q)
-        wanted = torch.tensor([q for q, query in enumerate(queries) if query.on_logits], device=device)
+        wanted = torch.tensor([q for q, query in enumerate(queries) if query.on_logits], dtype=torch.long,
+                              device=device)                     # empty in a forward of a prompt's middle chunk
         config = self.model.config
         usual, config._attn_implementation = config._attn_implementation, ARENA_ATTENTION
         try:

@@ -712,10 +712,12 @@ def reference_greedy(llm_, ids: list, max_new_tokens: int) -> list:
     return new[:next((i for i, t in enumerate(new) if t in llm_.end_ids), len(new))]
 
 
-def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm):
+@pytest.mark.parametrize("max_tokens_per_step", [1024, 7])
+def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm, max_tokens_per_step):
     """Two problems (arenas), two agents' prompts each (one a prefix-sharing variant), steps continued from kept
     states at depths 1 and 2, and prompts of different lengths -- all in lockstep -- against transformers'
-    generate on each sequence's exact token ids, alone."""
+    generate on each sequence's exact token ids, alone. With a step of 7 tokens every prompt is fed in pieces
+    (chunked prefill) while other rows generate."""
     prompts = {("p1", "a"): tiny_llm.chat("Tom has 3 apples and buys 5 more."),
                ("p1", "b"): tiny_llm.chat("Tom has 3 apples and buys 5 more. Is this correct?"),
                ("p2", "a"): tiny_llm.chat("Step 1: 12 - 5 = 7", examples=[("Is this correct?", "Yes")]),
@@ -731,7 +733,7 @@ def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm):
         return chain
     keys = list(prompts)
     chains = run_programs([program(prompts[k], 1 + i % 2) for i, k in enumerate(keys)],
-                          arenas=[k[0] for k in keys])
+                          arenas=[k[0] for k in keys], max_tokens_per_step=max_tokens_per_step)
     for key, chain in zip(keys, chains):
         context = tiny_llm.encode(prompts[key])
         for depth, ids in enumerate(chain):
@@ -754,8 +756,10 @@ def test_engine_scores_equal_the_reference_scores_even_split_over_steps(tiny_llm
     assert scores == pytest.approx(tiny_llm.score(prompt, list(continuations)), abs=1e-4)
 
 
-def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it_again(tiny_llm):
-    """Two problems whose prompts share the few-shot exemplars: the second copies their keys and values."""
+@pytest.mark.parametrize("max_tokens_per_step", [1024, 7])
+def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it_again(tiny_llm, max_tokens_per_step):
+    """Two problems whose prompts share the few-shot exemplars: the second copies their keys and values (also
+    when the first is prefilled in pieces: the second waits until it is done)."""
     examples = [("Mia has 12 pencils and gives 5 away. How many are left?", "12 - 5 = 7.\nThe answer is 7.")] * 3
     prompts = [tiny_llm.chat(q, examples=examples) for q in ("Tom has 3 apples.", "Ava has 5 apples and 7 more.")]
     shared = engine.common_prefix(tiny_llm.encode(prompts[0]), tiny_llm.encode(prompts[1]))
@@ -765,7 +769,8 @@ def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it
         [[generated]] = yield [Request(tiny_llm, prompt, max_new_tokens=6)]
         return generated.ids
     before = dict(engine.STATS)
-    outputs = run_programs([program(p) for p in prompts], arenas=["one problem", "another"])
+    outputs = run_programs([program(p) for p in prompts], arenas=["one problem", "another"],
+                           max_tokens_per_step=max_tokens_per_step)
     copied = engine.STATS["tokens_copied"] - before["tokens_copied"]
     fed = engine.STATS["tokens_fed"] - before["tokens_fed"]
     assert copied == shared                                              # the whole common prefix, once
