@@ -419,20 +419,21 @@ class Engine:
         # every new prompt's tokens join the queue (one whose prefix another arena is computing waits for it)
         self.prompts = [prompt for prompt in self.prompts if not self._queue_prompt(*prompt)]
         # then the queue's tokens (prompts, scored continuations), in order, as many as the step has room for (at
-        # least one). A prompt longer than the room is fed over several steps (chunked prefill): every token's keys
-        # are written in the forward that feeds it, and a token is never fed before the ones it sees. The budget
-        # bounds what a forward holds in memory (its attention scores, the logits of scored tokens).
-        room = max(self.max_tokens_per_step - len(queries), 1)
+        # least a quarter of the budget, so that many rows never starve the queue). A prompt longer than the room is
+        # fed over several steps (chunked prefill): every token's keys are written in the forward that feeds it,
+        # and a token is never fed before the ones it sees. The budget bounds what a forward holds in memory (its
+        # attention scores, the logits of scored tokens).
+        room = max(self.max_tokens_per_step - len(queries), self.max_tokens_per_step // 4, 1)
         queries += self.pending[:room]
         self.pending = self.pending[room:]
         if queries:
             started = time.perf_counter()
             logits = self._forward(queries)
-            seconds = time.perf_counter() - started
-            STATS["seconds"] += seconds
+            forward_seconds = time.perf_counter() - started
+            STATS["seconds"] += forward_seconds
             if len(queries) <= SMALL_FORWARD:
                 STATS["small_forwards"] += 1
-                STATS["small_seconds"] += seconds
+                STATS["small_seconds"] += forward_seconds
             seconds = (time.perf_counter() - start) / len(queries)
             for query, row_logits in zip([q for q in queries if q.on_logits], logits):
                 query.on_logits(row_logits, seconds)
