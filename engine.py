@@ -17,7 +17,9 @@ the principal's scoring, the leader's rounds) of many problems and agents togeth
     that share a token prefix (the agents' common prompt) share its slots: prefilled once per problem.
   * Attention over the arena. One forward takes the new tokens of all sequences as one flat batch and our
     attention function (`arena_attention`) lets each attend to exactly the slots it sees: no padding, no copy
-    of a shared prompt per row, and a sequence that has ended costs nothing more.
+    of a shared prompt per row, and a sequence that has ended costs nothing more. A forward feeds at most
+    TOKENS_PER_STEP tokens: the rows' next tokens first, then a queue of prompt and scored-continuation tokens,
+    so a long prompt is prefilled in pieces beside the rows that generate.
   * A seed per sequence: each samples with its own generator (Gumbel-max), so its text does not depend on
     what else shares its forward.
 

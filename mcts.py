@@ -36,9 +36,8 @@ import torch
 from transformers import DynamicCache
 
 from data import load_problems
-from engine import SMALL_FORWARD
+from engine import SMALL_FORWARD, Request, discard, run_programs
 from engine import STATS as engine_stats
-from engine import Request, discard, run_programs
 from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype,
                  check_model_name, load_llm, option, parse_configs, print_config, random_model_like, require,
                  require_at_least)
@@ -455,9 +454,10 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
           f"{long_context:7.1f} tokens/s  (the prompt copied to every row of the cache)")
     print(f"  the engine ran {stats['forwards']} forwards, {stats['tokens_fed']} tokens through the model, "
           f"{stats['tokens_copied']} tokens copied from another problem's arena")
-    print(f"  {stats['small_forwards']} of the forwards ({stats['small_forwards'] / max(stats['forwards'], 1):.0%}) fed "
-          f"at most {SMALL_FORWARD} tokens (the searches' tail: a few long rollouts while the rest wait); "
-          f"they took {stats['small_seconds'] / max(stats['seconds'], 1e-9):.0%} of the forwards' time")
+    small = stats["small_forwards"]
+    print(f"  {small} of the forwards ({small / max(stats['forwards'], 1):.0%}) fed at most {SMALL_FORWARD} tokens "
+          f"(the searches' tail: a few long rollouts while the rest wait); they took "
+          f"{stats['small_seconds'] / max(stats['seconds'], 1e-9):.0%} of the forwards' time")
     if torch.cuda.is_available():
         print(f"  GPU memory: peak {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB allocated")
     print(f"engine/limit: {rates[True] / limit:.2f}  engine/per-agent: {rates[True] / rates[False]:.2f}")
