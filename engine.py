@@ -100,10 +100,22 @@ release_freed_memory = _trimmer()
 
 
 
+@dataclasses.dataclass
+class Wait:
+    """What a program yields to be woken as soon as *any* of its requests is done, rather than all of them (a
+    plain list of requests waits for all). `requests` join those still in flight; the program receives
+    [(request, result), ...] for every request finished since it last woke, in the order they were asked for.
+    An asynchronous MCTS uses it: a rollout that ends starts the next one while the others keep going.
+    The reference path runs every request in flight to its end at once, so there a program gets all of them."""
+    requests: list
+
+
 def run_programs(programs: list, accounts: list | None = None, arenas: list | None = None, engine: bool = True,
                  max_tokens_per_step: int | None = None) -> list:
     """Run generator programs to completion; returns what each one returned.
 
+    A program yields a list of Requests and receives their results, in order, once all are done; or it yields
+    a Wait and receives (request, result) pairs as soon as any is done (see Wait).
     accounts[i]: who pays for program i's requests (see llm.billing); arenas[i]: the arena its tokens live in
     (programs of one problem share one, and with it their common prompt); by default one each.
     engine=False: the reference path, one program at a time, each request through LLM.generate / LLM.score.
@@ -113,21 +125,37 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
     arenas = arenas or list(range(len(programs)))
     if not engine:
         return [_run_alone(program, account) for program, account in zip(programs, accounts)]
-    outputs, waiting = [None] * len(programs), {}          # program -> results of its outstanding requests
-    engines: dict = {}                                      # one per backbone
+    outputs = [None] * len(programs)
+    waiting, any_of = {}, {}        # program -> [request, result] of its requests in flight; woken by any?
+    engines: dict = {}              # one per backbone
 
-    def advance(i, results):
+    def advance(i, sent):
         try:
-            requests = list(programs[i].send(results))
+            yielded = programs[i].send(sent)
         except StopIteration as stop:
             outputs[i] = stop.value
             waiting.pop(i, None)
             return
-        waiting[i] = [None] * len(requests)
+        any_of[i] = isinstance(yielded, Wait)
+        requests = list(yielded.requests if any_of[i] else yielded)
+        in_flight = waiting.get(i, []) if any_of[i] else []
+        if any_of[i] and not requests and not in_flight:
+            raise RuntimeError("a program waits for any of its requests, but it has none in flight")
+        waiting[i] = in_flight + [[request, _MISSING] for request in requests]
         for j, request in enumerate(requests):
             backbone = engines.setdefault(id(request.llm), Engine(request.llm, max_tokens_per_step))
             backbone.submit(request, j, arenas[i], accounts[i],
-                            lambda result, i=i, j=j: waiting[i].__setitem__(j, result))
+                            lambda result, entry=waiting[i][len(in_flight) + j]: entry.__setitem__(1, result))
+
+    def woken(i):
+        """Program i's results, if it is to be woken now (else None)."""
+        done = [entry for entry in waiting[i] if entry[1] is not _MISSING]
+        if any_of[i]:
+            if not done:
+                return None
+            waiting[i] = [entry for entry in waiting[i] if entry[1] is _MISSING]
+            return [tuple(entry) for entry in done]
+        return [result for _, result in waiting[i]] if len(done) == len(waiting[i]) else None
 
     for i in range(len(programs)):
         advance(i, None)
@@ -135,8 +163,10 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
     while waiting:
         for backbone in engines.values():
             backbone.step()
-        for i in [i for i, results in waiting.items() if all(r is not None for r in results)]:
-            advance(i, waiting[i])
+        for i in list(waiting):
+            results = woken(i)
+            if results is not None:
+                advance(i, results)
         steps += 1
         if steps % 100 == 0:
             release_freed_memory(0)
@@ -145,36 +175,45 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
     return outputs
 
 
+_MISSING = object()                 # a result not in yet
+
+
 def _run_alone(program, account):
-    """The reference path. Consecutive requests that differ only in their suffix share one generate call."""
-    results = None
+    """The reference path. Requests that differ only in their suffix share one generate call. A Wait runs every
+    request in flight to its end, so the program is woken with all of them."""
+    sent = None
     with billing(account):
         while True:
             try:
-                requests = program.send(results)
+                yielded = program.send(sent)
             except StopIteration as stop:
                 return stop.value
-            results = []
+            requests = list(yielded.requests if isinstance(yielded, Wait) else yielded)
+            results = [None] * len(requests)
             for group in _calls(requests):
-                first = group[0]
+                first = requests[group[0]]
                 if first.score:
-                    results.append(first.llm.score(first.prompt + first.suffix, list(first.score)))
+                    results[group[0]] = first.llm.score(first.prompt + first.suffix, list(first.score))
                     continue
-                texts = first.llm.generate(first.prompt, [r.suffix for r in group], first.n,
+                texts = first.llm.generate(first.prompt, [requests[r].suffix for r in group], first.n,
                                            temperature=first.temperature, max_new_tokens=first.max_new_tokens,
                                            stop=list(first.stop) or None, seed=first.seed)
-                results += [[Generated(text) for text in row] for row in texts]
+                for r, row in zip(group, texts):
+                    results[r] = [Generated(text) for text in row]
+            sent = list(zip(requests, results)) if isinstance(yielded, Wait) else results
 
 
 def _calls(requests: list) -> list:
+    """Indices of the requests, grouped into the generate calls that serve them: a run of consecutive requests
+    with the same prompt and settings shares one."""
     groups = []
-    for request in requests:
+    for r, request in enumerate(requests):
         key = (id(request.llm), request.prompt, request.n, request.temperature, request.max_new_tokens,
                tuple(request.stop), request.seed)
         if groups and not request.score and groups[-1][0] == key:
-            groups[-1][1].append(request)
+            groups[-1][1].append(r)
         else:
-            groups.append((key if not request.score else None, [request]))
+            groups.append((key if not request.score else None, [r]))
     return [group for _, group in groups]
 
 

@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from data import load_problems
-from engine import SMALL_FORWARD, Request, discard, run_programs
+from engine import SMALL_FORWARD, Request, Wait, discard, run_programs
 from engine import STATS as engine_stats
 from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype,
                  check_model_name, load_llm, option, parse_configs, print_config, random_model_like, require,
@@ -224,67 +224,88 @@ class SearchResult:
 
 def search_program(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
                    seed: int = 0, examples: list | None = None):
-    """One agent's MCTS on one question, as a program for engine.run_programs: it `yield`s the generation
-    requests it needs (all expansions of a round in one list, then all simulations) and gets their texts
-    back. Returns a SearchResult. `examples`: the problem's few-shot exemplars (see Agent.prompt)."""
+    """One agent's MCTS on one question, as a program for engine.run_programs: it asks for the expansions and
+    simulations its rollouts need and gets their texts back. Returns a SearchResult. `examples`: the problem's
+    few-shot exemplars (see Agent.prompt).
+
+    [ours] Asynchronous: `parallel` rollouts are in flight at once (virtual loss keeps them apart), and the
+    moment one ends -- its value backed up -- the next is selected. A rollout whose completion runs long holds up
+    only itself; the other rollouts, and the next ones, go on beside it (the program yields engine.Wait, so it is
+    woken as soon as any of its requests is done). Two rollouts that reach the same node share its expansion or
+    its simulation, as they would in one model call."""
     config = config or SearchConfig()
     prompt = agent.prompt(question, kind, examples)
-    root, samples, invocations, done = Node(steps=[]), [], 0, 0
+    root, samples, wakeups, started, done = Node(steps=[]), [], 0, 0, 0
+    asked = {}       # id(request) -> (node, "expand" | "simulate", the rollouts waiting on it: their leaves)
+    busy = {}        # (id(node), what) -> that request, while it is in flight
+    new = []         # requests asked for since the program last woke
 
-    def request(node, **kwargs):    # continue `node`: the engine from its kept state, the reference from text
-        return Request(agent.llm, prompt, suffix=_suffix(node), state=node.state, temperature=agent.temperature,
-                       seed=seed * 1000 + invocations, **kwargs)
-    while done < config.rollouts:
-        # 1. SELECT up to `parallel` leaves; virtual loss steers later selections elsewhere
-        selected = []
-        for _ in range(min(config.parallel, config.rollouts - done)):
-            node = select(root, config.exploration)
-            _add_virtual_loss(node)
-            selected.append(node)
-        # 2. EXPAND the new leaves: `children` next steps each (the root: `root_children`), every one a line
-        #    ending at "\n"
-        to_expand = _unique(n for n in selected if not n.expanded and not n.terminal and
-                            (n is root or n.visits > 0))
-        if to_expand:
-            next_steps = yield [request(n, n=config.root_children if n is root else config.children, stop=("\n",),
-                                        max_new_tokens=config.step_tokens, keep=True) for n in to_expand]
-            invocations += 1
-            for node, steps in zip(to_expand, next_steps):
-                _add_children(node, steps, kind, config.max_depth)
-        leaves = []
-        for node in selected:       # a rollout through a just-expanded node continues to one of its children
-            if node in to_expand and node.children:
-                child = select(node, config.exploration)
-                child.virtual_loss += 1
-                node = child
-            leaves.append(node)
-        # 3. SIMULATE: complete every leaf that has no solution yet and states no answer
-        for leaf in _unique(n for n in leaves if n.solution is None and (n.answer is not None or n.ended)):
+    def need(rollout_leaf, what, **kwargs):
+        """The rollout waits for `what` (an expansion or a simulation) of its leaf; asked for once per node."""
+        key = (id(rollout_leaf), what)
+        if key not in busy:      # continue the node: the engine from its kept state, the reference from text
+            busy[key] = Request(agent.llm, prompt, suffix=_suffix(rollout_leaf), state=rollout_leaf.state,
+                                temperature=agent.temperature, seed=seed * 1000 + wakeups, **kwargs)
+            asked[id(busy[key])] = (rollout_leaf, what, [])
+            new.append(busy[key])
+        asked[id(busy[key])][2].append(rollout_leaf)
+
+    def go_on(leaf):
+        """Take a rollout at `leaf` as far as it goes without the model: expand, simulate, or back up."""
+        nonlocal done
+        if not leaf.expanded and not leaf.terminal and (leaf is root or leaf.visits > 0):
+            # 2. EXPAND: `children` next steps (the root: `root_children`), every one a line ending at "\n"
+            return need(leaf, "expand", n=config.root_children if leaf is root else config.children,
+                        stop=("\n",), max_new_tokens=config.step_tokens, keep=True)
+        if leaf.solution is None and (leaf.answer is not None or leaf.ended):     # the step states the answer
             leaf.solution = Sample(leaf.answer if leaf.answer is not None else extract_answer(leaf.trace, kind),
                                    leaf.trace)
             samples.append(leaf.solution)
-        to_complete = _unique(n for n in leaves if n.solution is None)
-        if to_complete:
-            completions = yield [request(n, max_new_tokens=config.completion_tokens) for n in to_complete]
-            invocations += 1
-            for leaf, (completion,) in zip(to_complete, completions):
-                full = (_suffix(leaf) + completion.text).strip()
-                leaf.solution = Sample(extract_answer(full, kind), full)
-                samples.append(leaf.solution)
-        # 4. BACKPROPAGATE each rollout's self-consistency reward along its path
-        for leaf in leaves:
-            reward = rollout_reward(leaf.solution.answer, samples)
-            for node in _path(leaf):
-                node.visits += 1
-                node.value_sum += reward
-        for node in _path_union(leaves + selected):
-            node.virtual_loss = 0
+        if leaf.solution is None:
+            # 3. SIMULATE: complete the partial solution
+            return need(leaf, "simulate", max_new_tokens=config.completion_tokens)
+        # 4. BACKPROPAGATE the rollout's self-consistency reward along its path; its virtual loss is lifted
+        reward = rollout_reward(leaf.solution.answer, samples)
+        for node in _path(leaf):
+            node.visits += 1
+            node.value_sum += reward
+            node.virtual_loss -= 1
         for sample in samples:       # a solution's reward moves as the agent finds more solutions
             sample.reward = rollout_reward(sample.answer, samples)
-        done += len(leaves)
+        done += 1
+
+    while done < config.rollouts:
+        # 1. SELECT a leaf for each rollout that may start; virtual loss steers later selections elsewhere
+        while started - done < config.parallel and started < config.rollouts:
+            leaf = select(root, config.exploration)
+            _add_virtual_loss(leaf)
+            started += 1
+            go_on(leaf)
+        if done == config.rollouts:
+            break
+        finished = yield Wait(new)
+        new, wakeups = [], wakeups + 1
+        for request, result in finished:
+            node, what, leaves = asked.pop(id(request))
+            del busy[(id(node), what)]
+            if what == "expand":
+                _add_children(node, result, kind, config.max_depth)
+                for _ in leaves:   # a rollout through a just-expanded node continues to one of its children
+                    leaf = node
+                    if node.children:
+                        leaf = select(node, config.exploration)
+                        leaf.virtual_loss += 1
+                    go_on(leaf)
+            else:
+                (completion,) = result
+                full = (_suffix(node) + completion.text).strip()
+                node.solution = Sample(extract_answer(full, kind), full)
+                samples.append(node.solution)
+                for leaf in leaves:
+                    go_on(leaf)
     for node in _subtree(root):     # the search is over: let go of its keys and values (engine.py's arena)
         node.state = None
-    return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, invocations)
+    return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, wakeups)
 
 
 def search_all(searches: list, config: SearchConfig | None = None, accounts: list | None = None,

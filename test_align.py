@@ -810,6 +810,59 @@ def test_engine_rows_end_at_their_own_stop_string_or_eos(tiny_llm, monkeypatch):
     assert ended.ended and ended.ids == free[1][:5] and cut.ids == free[0][:4]
 
 
+def test_a_program_that_waits_for_any_request_is_woken_as_each_one_ends(tiny_llm):
+    """engine.Wait: the program is woken with the request that ended, while the other goes on; a request asked for
+    then joins the one in flight. The reference path runs everything in flight at once."""
+    prompt = tiny_llm.chat("Tom has 3 apples.")
+    wakes = []
+
+    def program():
+        long, short = Request(tiny_llm, prompt, max_new_tokens=12), Request(tiny_llm, prompt, max_new_tokens=2)
+        finished = yield engine.Wait([long, short])
+        wakes.append([(r is long, len(g.ids)) for r, (g,) in finished])
+        later = Request(tiny_llm, prompt, max_new_tokens=3)
+        while len(wakes) < 3:
+            finished = yield engine.Wait([later] if len(wakes) == 1 else [])
+            wakes.append([(r is long, len(g.ids)) for r, (g,) in finished])
+        return wakes
+    assert run_programs([program()]) == [[[(False, 2)], [(False, 3)], [(True, 12)]]]
+
+    def waits_for_nothing():
+        yield engine.Wait([])
+    with pytest.raises(RuntimeError, match="none in flight"):   # a Wait with nothing in flight would never end
+        run_programs([waits_for_nothing()])
+
+    def reference_program():
+        finished = yield engine.Wait([Request(tiny_llm, prompt, max_new_tokens=12),
+                                      Request(tiny_llm, prompt, max_new_tokens=2)])
+        return len(finished)
+    assert run_programs([reference_program()], engine=False) == [2]       # both at once
+
+
+def test_mcts_rollouts_are_asynchronous_and_share_a_nodes_expansion():
+    """mcts.search_program driven by hand: two rollouts wait on one expansion of the root; when one simulation
+    ends, its value is backed up and the next rollout is selected while the other simulation is still running."""
+    config = SearchConfig(rollouts=3, parallel=2, root_children=2, children=2)
+    program = mcts.search_program(Agent("fake", FakeLLM(), 0.7), "q", config=config, seed=0)
+    wait = next(program)
+    (expand,) = wait.requests                                  # both rollouts start at the root: asked for once
+    assert expand.n == 2 and expand.stop == ("\n",)
+    wait = program.send([(expand, [Generated("Step A."), Generated("Step B.")])])
+    sim_a, sim_b = wait.requests                               # each rollout completes one child
+    assert (sim_a.suffix, sim_b.suffix) == ("Step A.\n", "Step B.\n") and not sim_a.stop
+    wait = program.send([(sim_b, [Generated("The answer is 2.")])])   # A's completion is still running
+    (third,) = wait.requests                                   # the third rollout started at once
+    assert third.suffix == "Step B.\n" and third.stop == ("\n",)    # it expands B, the only visited child
+    with pytest.raises(StopIteration) as end:
+        program.send([(sim_a, [Generated("The answer is 1.")]), (third, [Generated("The answer is 2.")])])
+    result = end.value.value
+    root = result.root
+    a, b = root.children
+    assert (root.visits, a.visits, b.visits, root.virtual_loss, a.virtual_loss, b.virtual_loss) == (3, 1, 2, 0, 0, 0)
+    assert [s.answer for s in result.samples] == ["2", "1", "2"]
+    assert b.children[0].answer == "2" and b.children[0].visits == 1
+
+
 def test_sampling_is_seeded_and_counted(tiny_llm):
     prompt = tiny_llm.chat("Tom has 3 apples.")
     before = tiny_llm.counters.snapshot()
