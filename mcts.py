@@ -13,16 +13,17 @@ ALIGN (arXiv 2602.00127): step 1 of the loop in README.md:
     #         that states the final answer, or depth `max_depth`, ends a branch. It is an rStar-like search
     #         without rStar's discriminator.
 
-What makes it affordable on a CPU: `parallel` rollouts are in flight at once (virtual loss keeps them on
-different paths), so one model call expands or completes many sequences, and every sequence shares the
-agent's prompt as a cached prefix (llm.py).
+What makes it affordable: `parallel` rollouts are in flight at once (virtual loss keeps them on different
+paths), asynchronously -- the moment one ends the next is selected, so a long completion holds up only its
+own rollout -- and engine.py runs every search of a batch in lockstep, each rollout continuing the keys and
+values of the node it starts from.
 
 The search sees only the question text. The gold answer never reaches it.
 
 Run:
     python mcts.py                             # one agent's tree for one arith problem, printed
     python mcts.py --question "..." --rollouts 8
-    python mcts.py --benchmark                 # batched + shared prefix vs one sequence per call
+    python mcts.py --benchmark                 # the engine vs the machine's limit vs the per-agent path
 
 A forker edits `uct_score` (selection), `rollout_reward` (what a solution is worth), or the prompts.
 """
@@ -120,8 +121,9 @@ class SearchConfig:
     children: int = option(3, "[ours] next steps sampled when a node below the root is expanded")
     # [ours] Measured on a toy model whose first step fixes the answer (shares 0.5, 0.3, 0.2; 400 searches per
     #        width; test_align.py repeats it with 100): a rollout beyond the root's width re-samples a first step
-    #        that UCT picks, the leading answer's more often, so the top class's mean U was 0.79 at width 3, 0.65
-    #        at 4, 0.61 at 8, 0.55 at 15 and 0.53 at 16, where 16 independent chains give 0.525; only a width of
+    #        that UCT picks, the leading answer's more often, so the top class's mean U was 0.75 at width 3, 0.68
+    #        at 4, 0.62 at 8, 0.54 at 15 and 0.53 at 16, where 16 independent chains give 0.525 (asynchronous
+    #        rollouts; the earlier waves of `parallel` rollouts gave 0.79, 0.65, 0.61, 0.55, 0.53); only a width of
     #        --rollouts (16) came within two standard errors of the chains on every figure. That width makes the
     #        tree one step deep (every rollout completes its own first step: self-consistency over 16 chains,
     #        `max_depth` and UCT unused), which is no longer the paper's MCTS; so the default keeps the paper's
@@ -130,7 +132,7 @@ class SearchConfig:
     root_children: int = option(3, "[ours] next steps sampled at the root, the first steps every rollout descends "
                                    "from; --rollouts or more gives every rollout its own (U^i then equals "
                                    "self-consistency over independent chains, and the tree is one step deep)")
-    parallel: int = option(4, "[ours] rollouts in flight at once (virtual loss); one model call serves them all")
+    parallel: int = option(4, "[ours] rollouts in flight at once (virtual loss); as one ends, the next starts")
     exploration: float = option(1.0, "[ours] UCT exploration constant c")
     step_tokens: int = option(64, "[ours] max new tokens of one step")
     completion_tokens: int = option(256, "[ours] max new tokens of a simulation (completing a solution)")
