@@ -215,7 +215,7 @@ class SearchResult:
     classes: list                    # list[AnswerClass], utility = self-consistency share
     root: Node
     cost: dict                       # calls, prompt_tokens, generated_tokens, seconds of this search
-    model_calls: int = 0             # batched model invocations (each serves many sequences)
+    model_calls: int = 0             # times the search waited on the model (each wait serves many sequences)
 
     def describe(self) -> dict:
         """The JSONL view of this search: its answer classes with utilities, and what it spent."""
