@@ -87,32 +87,31 @@ class Generated:
 
 # ================================================================ programs
 
-def _trimmer():
-    """glibc keeps the heap memory that the forwards' many differently sized activations free, so the resident
-    size of a CPU run grows by ~0.6 GiB over a batch (measured: 1.71 GiB after 8 problems' searches, 0.97 after
-    trimming). malloc_trim hands it back; elsewhere (no glibc) this is a no-op."""
+def _glibc(name: str):
+    """A function of the C library when it is glibc's, else None (macOS, musl, Windows: the memory settings
+    below are then skipped)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
-        return lambda pad: None
+        return None
 
 
-release_freed_memory = _trimmer()
+# glibc keeps the heap memory that the forwards' many differently sized activations free, so the resident size of a
+# CPU run grows by ~0.6 GiB over a batch (measured: 1.71 GiB after 8 problems' searches, 0.97 after trimming):
+# malloc_trim hands it back.
+release_freed_memory = _glibc("malloc_trim") or (lambda pad: None)
 
 
-def _keep_big_blocks_in_mmap(threshold: int = 64 * 1024) -> None:
+def keep_big_blocks_in_mmap() -> None:
     """glibc serves big blocks (a forward's activations and logits) with mmap, handed back whole when freed, but
     after freeing one it raises that threshold, so later big blocks come from the heap, where freed memory stays
-    resident. Fixing the threshold keeps them in mmap. Measured on 2 cores (`evaluate.py --methods
-    cot,sc,vote,principal --limit 12`): peak 1.68 -> 1.55 GiB, the same records. Elsewhere (no glibc) a no-op."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, threshold)     # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_keep_big_blocks_in_mmap()
-
+    resident and a run's size creeps up batch after batch. Fixing the threshold (M_MMAP_THRESHOLD = -3) at 64 KiB
+    keeps them in mmap. Measured on 2 cores, `evaluate.py --methods cot,sc,vote,principal --limit 12`: peak 1.68 ->
+    1.55 GiB, the same records; the main job 2.04 -> 1.90 GiB. It costs time where big blocks are allocated every
+    token (a DynamicCache grown by concatenation: the bare decode loop at batch 64 fell from ~312 to 178 tokens/s),
+    so evaluate.py sets it for its long runs and the benchmarks leave glibc's default alone."""
+    if _glibc("mallopt"):
+        _glibc("mallopt")(-3, 64 * 1024)
 
 
 @dataclasses.dataclass

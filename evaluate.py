@@ -35,7 +35,7 @@ from tqdm import tqdm
 from align import (GameConfig, delegate, pool_classes, principal_order_program, validate_game_config,
                    with_preset_defaults)
 from data import DataError, DATASETS, load_problems
-from engine import Request, run_programs
+from engine import Request, keep_big_blocks_in_mmap, run_programs
 from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
                  cuda_available, derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
                  require_at_least, spent)
@@ -686,6 +686,7 @@ def main(argv=None):
         print(describe_models(role_models(config), config.device, config.dtype))
         return []
     game = with_preset_defaults(game, config.preset)     # --principal-mode left out: the preset's
+    keep_big_blocks_in_mmap()                             # a long run's memory stays flat (engine.py)
     if int(os.environ.get("RANK", 0)) == 0:
         print_config(config, search, game, leader_config)
     try:

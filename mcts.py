@@ -238,19 +238,19 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
     config = config or SearchConfig()
     prompt = agent.prompt(question, kind, examples)
     root, samples, wakeups, started, done = Node(steps=[]), [], 0, 0, 0
-    asked = {}       # id(request) -> (node, "expand" | "simulate", the rollouts waiting on it: their leaves)
+    asked = {}       # id(request) -> [node, "expand" | "simulate", how many rollouts wait on it]
     busy = {}        # (id(node), what) -> that request, while it is in flight
     new = []         # requests asked for since the program last woke
 
-    def need(rollout_leaf, what, **kwargs):
-        """The rollout waits for `what` (an expansion or a simulation) of its leaf; asked for once per node."""
-        key = (id(rollout_leaf), what)
+    def need(node, what, **kwargs):
+        """A rollout at `node` waits for its expansion or its simulation: asked for once, however many wait."""
+        key = (id(node), what)
         if key not in busy:      # continue the node: the engine from its kept state, the reference from text
-            busy[key] = Request(agent.llm, prompt, suffix=_suffix(rollout_leaf), state=rollout_leaf.state,
+            busy[key] = Request(agent.llm, prompt, suffix=_suffix(node), state=node.state,
                                 temperature=agent.temperature, seed=seed * 1000 + wakeups, **kwargs)
-            asked[id(busy[key])] = (rollout_leaf, what, [])
+            asked[id(busy[key])] = [node, what, 0]
             new.append(busy[key])
-        asked[id(busy[key])][2].append(rollout_leaf)
+        asked[id(busy[key])][2] += 1
 
     def go_on(leaf):
         """Take a rollout at `leaf` as far as it goes without the model: expand, simulate, or back up."""
@@ -288,11 +288,11 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
         finished = yield Wait(new)
         new, wakeups = [], wakeups + 1
         for request, result in finished:
-            node, what, leaves = asked.pop(id(request))
+            node, what, rollouts = asked.pop(id(request))
             del busy[(id(node), what)]
             if what == "expand":
                 _add_children(node, result, kind, config.max_depth)
-                for _ in leaves:   # a rollout through a just-expanded node continues to one of its children
+                for _ in range(rollouts):   # a rollout through a just-expanded node continues to one of its children
                     leaf = node
                     if node.children:
                         leaf = select(node, config.exploration)
@@ -303,8 +303,8 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
                 full = (_suffix(node) + completion.text).strip()
                 node.solution = Sample(extract_answer(full, kind), full)
                 samples.append(node.solution)
-                for leaf in leaves:
-                    go_on(leaf)
+                for _ in range(rollouts):  # each rollout waiting on it backs up the solution
+                    go_on(node)
     for node in _subtree(root):     # the search is over: let go of its keys and values (engine.py's arena)
         node.state = None
     return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, wakeups)
@@ -342,14 +342,6 @@ def _path(node: Node) -> list:
 
 def _subtree(node: Node) -> list:
     return [node] + [n for child in node.children for n in _subtree(child)]
-
-
-def _path_union(nodes) -> list:
-    return _unique(n for node in nodes for n in _path(node))
-
-
-def _unique(nodes) -> list:
-    return list({id(n): n for n in nodes}.values())
 
 
 def _add_virtual_loss(node: Node) -> None:
