@@ -240,7 +240,7 @@ class Arena:
     def __init__(self, model, capacity: int = 256):
         config = model.config.get_text_config()
         heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.heads, self.kv_heads = heads, getattr(config, "num_key_value_heads", None) or heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         self.layers, self.dtype, self.device = config.num_hidden_layers, model.dtype, model.device
         self.length = 0                                # slots used so far (the attention reads slots < length)
@@ -326,7 +326,8 @@ class _Prompt:
     waiting: list = dataclasses.field(default_factory=list)   # callbacks for requests with this very prompt
 
 
-_parts: list = []   # the current forward, per arena: (arena, query indices, slots written, visible (q, length))
+_parts: list = []   # the current forward, per arena: (arena, query indices, slots written, visible (q, length),
+                    # the same as an additive mask (1, 1, group x q, length): 0 where seen, -inf elsewhere)
 
 
 class _ArenaCache:
@@ -335,7 +336,7 @@ class _ArenaCache:
     is_compileable = False
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        for arena, index, slots, _ in _parts:                           # key_states: (1, kv_heads, Q, dim)
+        for arena, index, slots, *_ in _parts:                           # key_states: (1, kv_heads, Q, dim)
             arena.keys[layer_idx].index_copy_(2, slots, key_states[:, :, index])
             arena.values[layer_idx].index_copy_(2, slots, value_states[:, :, index])
         return key_states, value_states
@@ -352,19 +353,19 @@ def arena_attention(module, query, key, value, attention_mask, scaling=None, dro
     """
     heads, total, dim = query.shape[1], query.shape[2], query.shape[3]
     output = query.new_empty(1, heads, total, dim)
-    for arena, index, slots, visible in _parts:
+    for arena, index, slots, visible, additive in _parts:
         keys = arena.keys[module.layer_idx][:, :, :arena.length]                # (1, kv_heads, length, dim)
         values = arena.values[module.layer_idx][:, :, :arena.length]
         group = heads // arena.kv_heads
         q = query[:, :, index]                                                    # (1, heads, q, dim)
         rows = q.shape[2]
         q = q.reshape(1, arena.kv_heads, group * rows, dim)                       # heads sharing a kv head, stacked
-        mask = visible
+        mask = additive                           # built once per forward (see _forward), the same in every layer
         if kwargs.get("sliding_window"):
-            mask = mask & (arena.positions[slots][:, None] - arena.positions[None, :arena.length]
-                           < kwargs["sliding_window"])
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask.repeat(group, 1)[None, None], scale=scaling)
+            mask = visible & (arena.positions[slots][:, None] - arena.positions[None, :arena.length]
+                              < kwargs["sliding_window"])
+            mask = mask.repeat(group, 1)[None, None]
+        out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
         output[:, :, index] = out.reshape(1, heads, rows, dim)
     return output.transpose(1, 2).contiguous(), None
 
@@ -503,9 +504,11 @@ class Engine:
         logits = torch.stack([row.logits for row in ready]).float()                  # (rows, vocab)
         sampled = [r for r, row in enumerate(ready) if row.job.request.temperature > 0]
         if sampled:                                          # Gumbel-max: argmax(logits / T + Gumbel noise)
-            uniform = torch.stack([torch.rand(logits.shape[1], generator=ready[r].generator) for r in sampled])
+            noise = torch.empty(len(sampled), logits.shape[1])
+            for k, r in enumerate(sampled):                  # each row's draws from its own generator, in place
+                torch.rand(logits.shape[1], generator=ready[r].generator, out=noise[k])
             temperature = torch.tensor([[ready[r].job.request.temperature] for r in sampled])
-            noise = -torch.log(-torch.log(uniform.clamp_(1e-20, 1 - 1e-7)))
+            noise.clamp_(1e-20, 1 - 1e-7).log_().neg_().log_().neg_()     # -log(-log(u)), without temporaries
             logits[sampled] = logits[sampled] / temperature.to(logits.device) + noise.to(logits.device)
         scores = logits
         for row, token in zip(ready, scores.argmax(-1).tolist()):
@@ -650,8 +653,14 @@ class Engine:
             rows = torch.repeat_interleave(torch.arange(len(index), device=device),
                                            torch.tensor([len(v) for v in visible], device=device))
             mask[rows, torch.cat(visible)] = True
+            # The mask as the attention takes it, one row per (query head, token), built here once rather than in
+            # each of the 30 layers. The same numbers come out as from the boolean mask repeated per layer (records
+            # compared), and an attention call takes ~20% less time (0.159 -> 0.124 ms for 5 tokens over 800 slots).
+            group = arena.heads // arena.kv_heads
+            additive = torch.zeros(group * len(index), arena.length, dtype=self.model.dtype, device=device)
+            additive.masked_fill_(~mask.repeat(group, 1), float("-inf"))
             _parts.append((arena, torch.tensor(index, device=device), torch.cat([queries[q].slot for q in index]),
-                           mask))
+                           mask, additive[None, None]))
         STATS["forwards"] += 1
         STATS["tokens_fed"] += len(queries)
         ids = torch.tensor([[query.token for query in queries]], device=device)            # (1, Q)
