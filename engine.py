@@ -509,7 +509,11 @@ class Engine:
                 torch.rand(logits.shape[1], generator=ready[r].generator, out=noise[k])
             temperature = torch.tensor([[ready[r].job.request.temperature] for r in sampled])
             noise.clamp_(1e-20, 1 - 1e-7).log_().neg_().log_().neg_()     # -log(-log(u)), without temporaries
-            logits[sampled] = logits[sampled] / temperature.to(logits.device) + noise.to(logits.device)
+            temperature, noise = temperature.to(logits.device), noise.to(logits.device)
+            if len(sampled) == len(ready):                   # the usual case: every row samples, in place
+                logits.div_(temperature).add_(noise)
+            else:
+                logits[sampled] = logits[sampled] / temperature + noise
         scores = logits
         for row, token in zip(ready, scores.argmax(-1).tolist()):
             row.logits = None
