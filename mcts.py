@@ -419,7 +419,7 @@ def bare_decode_rate(llm, prompt: str, rows: int = 64, tokens: int = 64, repeats
     """Generated tokens/s of the bare decode loop: the prompt prefilled once and copied to `rows` rows, then the
     model's forward with a KV cache and an argmax, nothing else -- the most this model does on this machine.
     The best of `repeats` runs: a limit is the machine at its best (one run on this shared CPU read anywhere from
-    251 to 316 tokens/s), and the best run makes the engine's ratio to it the cautious one."""
+    251 to 320 tokens/s), and the best run makes the engine's ratio to it the cautious one."""
     ids = torch.tensor([llm.encode(prompt)], device=llm.device)
     rates = []
     for _ in range(repeats):
