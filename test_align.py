@@ -789,6 +789,12 @@ def test_engine_sampling_is_seeded_whatever_shares_the_batch(tiny_llm):
     crowded = run_programs([sampler(2), sampler(1), sampler(3, 0.5)], arenas=[0, 0, 1])
     assert crowded[1] == alone                                                      # its neighbours change nothing
     assert crowded[0] != alone and len({tuple(s) for s in alone}) > 1               # other seeds, other samples
+    # a greedy row beside them (a step where only some rows sample): neither side changes the other
+    greedy = run_programs([sampler(4, 0.0)])[0]
+    assert greedy == [reference_greedy(tiny_llm, tiny_llm.encode(prompt), 8)] * 3
+    half = run_programs([sampler(3, 0.5)])[0]                                        # every row samples, at T = 0.5
+    mixed = run_programs([sampler(4, 0.0), sampler(3, 0.5)], arenas=[0, 0])
+    assert mixed == [greedy, half]
 
 
 def test_engine_rows_end_at_their_own_stop_string_or_eos(tiny_llm, monkeypatch):
