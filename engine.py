@@ -110,8 +110,9 @@ def keep_big_blocks_in_mmap() -> None:
     1.55 GiB, the same records; the main job 2.04 -> 1.90 GiB. It costs time where big blocks are allocated every
     token (a DynamicCache grown by concatenation: the bare decode loop at batch 64 fell from ~312 to 178 tokens/s),
     so evaluate.py sets it for its long runs and the benchmarks leave glibc's default alone."""
-    if _glibc("mallopt"):
-        _glibc("mallopt")(-3, 64 * 1024)
+    mallopt = _glibc("mallopt")
+    if mallopt:
+        mallopt(-3, 64 * 1024)
 
 
 @dataclasses.dataclass

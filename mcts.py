@@ -446,11 +446,12 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
     llm = agents[0].llm
     # the limit: the bare loop from a short context (the question alone), so the weights, not a long cached
     # prompt copied to every row, decide it; the same loop from the agents' few-shot prompt is shown beside it.
-    # Measured first, before the searches, so every run takes it in the same state. It still moves with the shared
-    # machine's load: 250-320 tokens/s across this session's runs (README, "Speed").
-    question = problems[0]["question"]
-    limit = bare_decode_rate(llm, llm.chat(question), bare_rows)
-    long_context = bare_decode_rate(llm, agents[0].prompt(question, problems[0]["kind"]), bare_rows, tokens=16)
+    # Measured first, before the searches, so every run takes it in the same state. It still moves with a shared
+    # machine's load: 251-320 tokens/s across the 2-core runs README's "Speed" quotes.
+    short_prompt = llm.chat(problems[0]["question"])
+    limit = bare_decode_rate(llm, short_prompt, bare_rows)
+    long_context = bare_decode_rate(llm, agents[0].prompt(problems[0]["question"], problems[0]["kind"]), bare_rows,
+                                    tokens=16)
     rates = {}
     for label, engine in [("engine (lockstep, all problems and agents)", True),
                           ("per-agent reference (one problem, one agent at a time)", False)]:
@@ -471,7 +472,7 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
         print(f"  {label:<56} {spent['generated_tokens']:7d} tokens in {seconds:7.1f}s = {rates[engine]:7.1f} "
               f"tokens/s  ({spent['calls']} sequences, {spent['prompt_tokens']} prompt tokens billed)", flush=True)
     print(f"  {f'bare decode loop, batch {bare_rows}, from a short context (the limit)':<56} {'':>25} = {limit:7.1f} "
-          f"tokens/s  ({len(llm.encode(llm.chat(question)))}-token context; the best of 3 runs)")
+          f"tokens/s  ({len(llm.encode(short_prompt))}-token context; the best of 3 runs)")
     print(f"  {f'bare decode loop, batch {bare_rows}, from the agents few-shot prompt':<56} {'':>25} = "
           f"{long_context:7.1f} tokens/s  (the prompt copied to every row of the cache)")
     print(f"  the engine ran {stats['forwards']} forwards, {stats['tokens_fed']} tokens through the model, "
