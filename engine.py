@@ -126,7 +126,7 @@ class Wait:
 
 
 def run_programs(programs: list, accounts: list | None = None, arenas: list | None = None, engine: bool = True,
-                 max_tokens_per_step: int | None = None) -> list:
+                 max_tokens_per_step: int | None = None, window: int | None = None) -> list:
     """Run generator programs to completion; returns what each one returned.
 
     A program yields a list of Requests and receives their results, in order, once all are done; or it yields
@@ -135,6 +135,9 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
     (programs of one problem share one, and with it their common prompt); by default one each.
     engine=False: the reference path, one program at a time, each request through LLM.generate / LLM.score.
     max_tokens_per_step: the most tokens a forward feeds (default: TOKENS_PER_STEP for the model's device).
+    window: the most arenas (problems) whose programs run at once (default: all). Programs start in order; the
+    next problem's programs start the moment the last one of a running problem ends, so their requests fill the
+    forwards a problem's slowest search leaves nearly empty (a rolling window); a finished problem's arena is freed.
     """
     accounts = accounts or [None] * len(programs)
     arenas = arenas or list(range(len(programs)))
@@ -172,8 +175,30 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
             return [tuple(entry) for entry in done]
         return [result for _, result in waiting[i]] if len(done) == len(waiting[i]) else None
 
-    for i in range(len(programs)):
-        advance(i, None)
+    # [ours] The rolling window: programs are admitted in order; a program of a problem already running joins it,
+    # another waits until fewer than `window` problems run. The schedule is a function of the programs alone, so
+    # the same call gives the same results.
+    running: dict = {}              # arena key -> how many of its programs are still running
+    admitted = 0                    # programs 0 .. admitted-1 have started
+
+    def admit():
+        nonlocal admitted
+        while admitted < len(programs) and (window is None or arenas[admitted] in running or len(running) < window):
+            i, admitted = admitted, admitted + 1
+            running[arenas[i]] = running.get(arenas[i], 0) + 1
+            advance(i, None)
+            if i not in waiting:                           # it returned without asking for anything
+                finished(i)
+
+    def finished(i):
+        running[arenas[i]] -= 1
+        if not running[arenas[i]]:
+            del running[arenas[i]]
+            if window is not None:                         # nobody of that problem is left: free its keys and values
+                for backbone in engines.values():
+                    backbone.arenas.pop(arenas[i], None)
+
+    admit()
     steps = 0
     while waiting:
         for backbone in engines.values():
@@ -182,6 +207,9 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
             results = woken(i)
             if results is not None:
                 advance(i, results)
+                if i not in waiting:
+                    finished(i)
+        admit()
         steps += 1
         if steps % 100 == 0:
             release_freed_memory(0)
@@ -611,6 +639,7 @@ class Engine:
             start(State(arena, prompt.slots, len(ids), prompt.logits, len(ids)))
             for ready in prompt.waiting:
                 ready()
+            prompt.waiting.clear()                          # (each held its job: let the job go when it ends)
         for k in range(len(ids) - common):
             self.pending.append(_Query(arena, ids[common + k], common + k, prompt.slots[:common + k + 1],
                                        slots[k:k + 1], prompt_done if k == len(ids) - common - 1 else None))

@@ -43,9 +43,13 @@ from mcts import SearchConfig, make_agents, search_all, validate_search_config
 from mlpo import LeaderConfig, lead_program, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
 
-# [ours] problems run together by default, chosen by measurement (README, "Speed"): on a 2-core CPU larger
-# batches gain little and cost memory; a GPU wants many sequences per forward.
-BATCH_SIZE = {"cpu": 6, "cuda": 32}
+# [ours] problems run together by default, and of those the most whose model calls run at once, chosen by
+# measurement (README, "Speed"). On a 2-core CPU: batches of 15 through a rolling window of 6 (the main job took
+# 9.4 min at 1.37 GiB, against 11.7 min at 1.90 GiB in batches of 6 all at once, with the same records): the window
+# starts the next problem while a batch's slowest search finishes, and the batch is what a resumed run re-runs.
+# A GPU wants many sequences per forward: a batch of 32 at once (not measured yet).
+BATCH_SIZE = {"cpu": 15, "cuda": 32}
+IN_FLIGHT = {"cpu": 6, "cuda": None}
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -68,8 +72,12 @@ class EvalConfig:
     leader: str | None = option(None, "the leader's backbone, e.g. a folder saved by `mlpo.py train`")
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
     dtype: str | None = option(None, "float32, bfloat16 (default: bf16 on cuda, fp32 on cpu)")
-    batch_size: int | None = option(None, "problems run together, every method in lockstep (default: "
+    batch_size: int | None = option(None, "problems run together, every method in lockstep; a resumed run re-runs "
+                                          "an unfinished batch (default: "
                                           f"{BATCH_SIZE['cpu']} on a CPU, {BATCH_SIZE['cuda']} on a GPU)")
+    in_flight: int | None = option(None, "of a batch, the most problems whose model calls run at once: the next "
+                                         "one starts as one ends (a rolling window), so memory follows this number "
+                                         f"(default: {IN_FLIGHT['cpu']} on a CPU, the whole batch on a GPU)")
     engine: bool = option(True, "run the models through the lockstep engine (engine.py); --no-engine: the "
                                 "reference path, one program at a time through LLM.generate")
     max_new_tokens: int = option(256, "[ours] max new tokens of a cot / sc solution")
@@ -190,7 +198,8 @@ class Context:
         """`program(problem)` (a generator, see engine.py) for every problem, all in lockstep; each problem's
         model use billed to it. Returns what each program returned."""
         return run_programs([program(p) for p in problems], accounts=[p["id"] for p in problems],
-                            arenas=[p["id"] for p in problems], engine=self.config.engine)
+                            arenas=[p["id"] for p in problems], engine=self.config.engine,
+                            window=self.config.in_flight)
 
     # -------------------------------------------------------- the shared work: ALIGN steps 1 and 3
     def searches(self, problems: list, agents: range | None = None) -> list:
@@ -208,7 +217,7 @@ class Context:
             jobs = [(self.agents[i], by_id[pid]["question"], by_id[pid]["kind"], self.seed(by_id[pid], "search", i),
                      by_id[pid].get("examples")) for pid, _, i in missing]
             return search_all(jobs, self.search, accounts=missing, arenas=[pid for pid, _, _ in missing],
-                              engine=self.config.engine)
+                              engine=self.config.engine, window=self.config.in_flight)
         results = dict(zip(keys, self.shared.get(keys, compute, used)))
         for key, result in results.items():
             result.cost = self.shared.costs[key]
@@ -227,7 +236,7 @@ class Context:
             programs = [principal_order_program(principal, by_id[pid]["question"], by_id[pid]["kind"], pools[pid],
                                                 self.game, self.seed(by_id[pid], "principal")) for pid, *_ in missing]
             return run_programs(programs, accounts=missing, arenas=[pid for pid, *_ in missing],
-                                engine=self.config.engine)
+                                engine=self.config.engine, window=self.config.in_flight)
         return self.shared.get([(p["id"], "order", principal.name, self.game.principal_mode) for p in problems],
                                compute)
 
@@ -505,10 +514,11 @@ def run_methods(problems: list, methods: list, ctx: Context, write, done: set = 
 def record_settings(config: EvalConfig, search: SearchConfig, game: GameConfig, leader_config: LeaderConfig) -> dict:
     """The settings that shape a record: an output file carries them on its first line, and `--resume` refuses
     to mix records made with other ones. (Left out: what only says which records to make or where -- methods,
-    limit, output, data folder -- and the batch size and device, which change no record beyond float rounding.)"""
+    limit, output, data folder -- and the batch size, the problems in flight and the device, which change no record
+    beyond float rounding.)"""
     kept = {k: v for k, v in dataclasses.asdict(config).items()
             if k not in ("methods", "limit", "output", "resume", "overwrite", "data_dir", "device", "batch_size",
-                         "progress")}
+                         "in_flight", "progress")}
     return {**kept, **dataclasses.asdict(search), **dataclasses.asdict(game), **dataclasses.asdict(leader_config)}
 
 
@@ -588,13 +598,17 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
                 for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed, config.split)]
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
-    batch_size = config.batch_size or BATCH_SIZE["cuda" if str(device or "").startswith("cuda")
-                                                 or (device is None and cuda_available()) else "cpu"]
+    machine = "cuda" if str(device or "").startswith("cuda") or (device is None and cuda_available()) else "cpu"
+    batch_size = config.batch_size or BATCH_SIZE[machine]
+    in_flight = config.in_flight or IN_FLIGHT[machine]
+    config = dataclasses.replace(config, in_flight=in_flight if in_flight and in_flight < batch_size else None)
     batches = [mine[k:k + batch_size] for k in range(0, len(mine), batch_size)]
     finished = sum(all((p["id"], m) in done for m in methods) for p in mine)
     if rank == 0:
         print(f"{config.dataset}: {len(problems)} problems x {len(methods)} methods ({', '.join(methods)}); "
-              f"{finished} problems already done; batches of {batch_size} problems; writing {output}")
+              f"{finished} problems already done; batches of {batch_size} problems"
+              f"{f', {config.in_flight} at once' if config.in_flight else ''}; "
+              f"writing {output}")
     ctx = Context(config, search, game, leader_config, device=device)
     my_file = rank_files[rank] if world > 1 else output
     drop_partial_last_line(my_file)
@@ -650,6 +664,8 @@ def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameCon
     require_at_least(config, 1, "sc_samples", "max_new_tokens")
     require(config, "batch_size", lambda size: size is None or size >= 1, "at least 1",
             "leave it out for the default of this machine")
+    require(config, "in_flight", lambda size: size is None or size >= 1, "at least 1",
+            "leave it out to run the whole batch at once")
     require(config, "sc_temperature", lambda t: t >= 0, "at least 0")
     if config.resume and config.overwrite:
         raise ConfigError("--resume continues the output file and --overwrite starts it afresh; pass one of them")

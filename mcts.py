@@ -311,13 +311,14 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
 
 
 def search_all(searches: list, config: SearchConfig | None = None, accounts: list | None = None,
-               arenas: list | None = None, engine: bool = True) -> list:
+               arenas: list | None = None, engine: bool = True, window: int | None = None) -> list:
     """Many searches in lockstep: searches[k] = (agent, question, kind, seed, examples). Every engine step
     serves all of them, one forward per backbone. accounts[k] pays for search k (default: the open account);
-    arenas[k] says where its tokens live (searches of one question share one, and the prompt with it)."""
+    arenas[k] says where its tokens live (searches of one question share one, and the prompt with it); window: the
+    most questions searched at once (engine.run_programs)."""
     programs = [search_program(agent, question, kind, config, seed, examples)
                 for agent, question, kind, seed, examples in searches]
-    return run_programs(programs, accounts, arenas, engine=engine)
+    return run_programs(programs, accounts, arenas, engine=engine, window=window)
 
 
 def search(agent: Agent, question: str, kind: str = "number", config: SearchConfig | None = None,
@@ -403,11 +404,13 @@ class DemoConfig:
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when present)")
     benchmark: bool = option(False, "measure the engine on the tiny preset's three agents: generated tokens/s of "
                                     "the lockstep engine, the bare decode loop and the per-agent reference path")
-    benchmark_problems: int = option(6, "benchmark: arith problems searched together, all three agents each "
-                                        "(evaluate.py's batch on a CPU)")
+    benchmark_problems: int = option(15, "benchmark: arith problems searched, all three agents each (evaluate.py's "
+                                         "batch on a CPU)")
+    benchmark_in_flight: int = option(6, "benchmark: the most problems the engine searches at once, the next "
+                                         "starting as one ends (evaluate.py's --in-flight on a CPU)")
     bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
-    reference_problems: int | None = option(None, "benchmark: run the per-agent reference path on the first N of "
-                                                  "the problems only (its rate does not depend on N; default: all)")
+    reference_problems: int = option(2, "benchmark: run the per-agent reference path on the first N of the problems "
+                                        "(about 80 s each on 2 CPU cores; its rate does not depend on N)")
     paper_shaped: bool = option(False, "benchmark: randomly initialised models shaped like the paper preset's "
                                        "agents (no download; for a GPU), instead of the tiny preset")
     tokenizer: str = option(EMBEDDED_ALIAS, "benchmark with --paper-shaped: the tokenizer the random models borrow "
@@ -437,7 +440,7 @@ def bare_decode_rate(llm, prompt: str, rows: int = 64, tokens: int = 64, repeats
 
 
 def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bare_rows: int = 64,
-              reference_problems: int | None = None) -> dict:
+              reference_problems: int | None = None, in_flight: int | None = None) -> dict:
     """The same searches (every agent on every problem) through the lockstep engine and through the per-agent
     reference path, and the bare decode loop beside them; prints the rates and their ratios."""
     jobs = [(agent, p["question"], p["kind"], seed + 17 * k + i, None)
@@ -456,12 +459,14 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
     for label, engine in [("engine (lockstep, all problems and agents)", True),
                           ("per-agent reference (one problem, one agent at a time)", False)]:
         todo = jobs if engine or reference_problems is None else jobs[:reference_problems * len(agents)]
+        if engine and in_flight and in_flight < len(problems):
+            label = f"engine (lockstep, {in_flight} problems at once, all agents)"
         if not engine and len(todo) < len(jobs):
             label = f"per-agent reference (the first {reference_problems} problem(s) only)"
         before, start = [m.counters.snapshot() for m in models], time.perf_counter()
         if engine:
             stats = dict(engine_stats)
-            search_all(todo, config, arenas=[question for _, question, *_ in todo])
+            search_all(todo, config, arenas=[question for _, question, *_ in todo], window=in_flight)
             stats = {k: engine_stats[k] - v for k, v in stats.items()}
         else:
             for agent, question, kind, job_seed, examples in todo:
@@ -490,7 +495,7 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
 def validate_demo_config(demo: DemoConfig) -> None:
     validate_question(demo.question, demo.kind)
     require(demo, "temperature", lambda t: t >= 0, "at least 0")
-    require_at_least(demo, 1, "benchmark_problems", "bare_batch")
+    require_at_least(demo, 1, "benchmark_problems", "benchmark_in_flight", "bare_batch", "reference_problems")
     check_device_and_dtype(demo.device)
     check_model_name(demo.model)
 
@@ -516,7 +521,8 @@ def main(argv=None) -> None:
         print(f"{len(problems)} arith problems x {len(agents)} agents ({', '.join(a.llm.name for a in agents)}), "
               f"{search_config.rollouts} rollouts each, on {agents[0].llm.device} "
               f"({torch.cuda.get_device_name() if torch.cuda.is_available() else f'{torch.get_num_threads()} threads'})")
-        benchmark(agents, problems, search_config, demo.seed, demo.bare_batch, demo.reference_problems)
+        benchmark(agents, problems, search_config, demo.seed, demo.bare_batch, demo.reference_problems,
+                  demo.benchmark_in_flight)
     else:
         result = search(agent, demo.question, demo.kind, search_config, demo.seed)
         print(render_tree(result.root))

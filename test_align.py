@@ -36,6 +36,7 @@ import sys
 import tarfile
 import time
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -845,6 +846,50 @@ def test_a_program_that_waits_for_any_request_is_woken_as_each_one_ends(tiny_llm
     assert run_programs([reference_program()], engine=False) == [2]       # both at once
 
 
+def test_a_rolling_window_runs_at_most_that_many_problems_at_once_with_the_same_results(tiny_llm, monkeypatch):
+    """run_programs(window=2) over four problems, the first with two programs: a problem starts only when fewer
+    than two run, at most two problems' arenas are ever alive (a finished problem's is freed), and every program
+    returns what it returns with all of them in flight at once."""
+    prompts = [tiny_llm.chat(q) for q in ("Tom has 3 apples.", "Ava has 5 pens.", "Is this correct?", "Step 1")]
+    events, alive, made = [], [], []
+    submit, make = engine.Engine.submit, engine.Arena.__init__
+
+    def watched(self, request, index, arena_key, account, done):
+        submit(self, request, index, arena_key, account, done)
+        alive.append(sum(arena() is not None for arena in made))       # arenas anything still holds
+    monkeypatch.setattr(engine.Engine, "submit", watched)
+    monkeypatch.setattr(engine.Arena, "__init__", lambda self, *a, **k: (make(self, *a, **k),
+                                                                          made.append(weakref.ref(self)))[0])
+
+    def program(name, problem, tokens):
+        events.append(("start", name, problem))
+        [[first]] = yield [Request(tiny_llm, prompts[problem], max_new_tokens=tokens, keep=True)]
+        [[second]] = yield [Request(tiny_llm, prompts[problem], suffix=first.text, state=first.state,
+                                    max_new_tokens=3)]
+        events.append(("end", name, problem))
+        return first.ids + second.ids
+    plan = [("a1", 0, 4), ("a2", 0, 9), ("b", 1, 2), ("c", 2, 5), ("d", 3, 3)]
+
+    def run(window):
+        events.clear(), alive.clear(), made.clear()
+        return run_programs([program(*p) for p in plan], arenas=[f"problem {p}" for _, p, _ in plan], window=window)
+    everything = run(None)
+    assert max(alive) == 4
+    windowed = run(2)
+    assert windowed == everything
+    assert max(alive) == 2 and len(made) == 4   # never more than two problems' keys and values held at once
+    running, most = {}, 0                                  # problem -> its programs started and not ended
+    for kind, name, problem in events:
+        running[problem] = running.get(problem, 0) + (1 if kind == "start" else -1)
+        running = {p: k for p, k in running.items() if k}
+        most = max(most, len(running))
+    assert most == 2 and not running
+    order = [(kind, name) for kind, name, _ in events]
+    assert order.index(("start", "c")) > order.index(("end", "b"))      # b (5 tokens) made room for c
+    assert order.index(("start", "d")) > min(max(order.index(("end", "a1")), order.index(("end", "a2"))),
+                                             order.index(("end", "c")))
+
+
 def test_mcts_rollouts_are_asynchronous_and_share_a_nodes_expansion():
     """mcts.search_program driven by hand: two rollouts wait on one expansion of the root; when one simulation
     ends, its value is backed up and the next rollout is selected while the other simulation is still running."""
@@ -1061,6 +1106,27 @@ def test_a_new_method_is_one_function_and_is_charged_like_vote(tiny_model_dir, m
             charges[(tuple(order), method)] = (record["calls"], record["prompt_tokens"], record["generated_tokens"])
     assert len(set(charges.values())) == 1, charges          # the same charge, whoever ran first
     assert next(iter(charges.values()))[0] > 0
+
+
+def test_a_batch_run_through_a_window_of_one_problem_gives_the_same_records(tiny_model_dir):
+    """--in-flight 1: the batch's problems go through one at a time (the rolling window), and every method's
+    record is what the whole batch at once gives, timing aside."""
+    problems = [{**p, "dataset": "arith"} for p in load_problems("arith", limit=3)]
+    runs = []
+    for in_flight in (None, 1):
+        ctx = Context(EvalConfig(model=tiny_model_dir, device="cpu", in_flight=in_flight, sc_samples=2,
+                                 max_new_tokens=8),
+                      SearchConfig(rollouts=3, step_tokens=4, completion_tokens=6))
+        records = []
+        run_methods(problems, ["cot", "sc", "vote", "principal", "align"], ctx,
+                    lambda problem, method, record: records.append(record))
+        runs.append(_comparable(records))
+
+    def timeless(value):                                   # the agents' costs carry their own seconds too
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k != "seconds"}
+        return [timeless(v) for v in value] if isinstance(value, list) else value
+    assert len(runs[0]) == 15 and timeless(runs[0]) == timeless(runs[1])
 
 
 def test_methods_with_spaces_run_and_print_both_rows(tiny_model_dir, tmp_path):
@@ -2142,6 +2208,20 @@ def test_a_random_model_like_a_published_one_has_its_parameters_and_the_same_wei
                                   dtype="float32")
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(model.model(ids).logits, again.model(ids).logits)     # seeded: the same weights twice
+
+
+def test_the_benchmark_runs_its_three_paths_through_a_window_and_prints_its_ratios(tiny_llm, capsys):
+    """mcts.benchmark on the tiny random model: 3 problems through a window of 2, the reference path on the first
+    one only; the rates it returns are the ones its last line divides."""
+    agents = [Agent(f"agent-{i}", tiny_llm, t) for i, t in enumerate((0.5, 1.0))]
+    problems = load_problems("arith", limit=3)
+    rates = mcts.benchmark(agents, problems, SearchConfig(rollouts=3, step_tokens=4, completion_tokens=6), seed=0,
+                           bare_rows=4, reference_problems=1, in_flight=2)
+    out = capsys.readouterr().out
+    assert "engine (lockstep, 2 problems at once, all agents)" in out and "the first 1 problem(s) only" in out
+    assert all(rate > 0 for rate in rates.values())
+    assert out.strip().splitlines()[-1] == (f"engine/limit: {rates['engine'] / rates['limit']:.2f}  "
+                                            f"engine/per-agent: {rates['engine'] / rates['per_agent']:.2f}")
 
 
 def fake_hub_cache(cache, repo: str, shards: dict, present: list) -> None:
