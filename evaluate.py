@@ -44,12 +44,13 @@ from mlpo import LeaderConfig, lead_program, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
 
 # [ours] problems run together by default, and of those the most whose model calls run at once, chosen by
-# measurement (README, "Speed"). On a 2-core CPU: batches of 15 through a rolling window of 6 (the main job took
-# 9.4 min at 1.37 GiB, against 11.7 min at 1.90 GiB in batches of 6 all at once, with the same records): the window
-# starts the next problem while a batch's slowest search finishes, and the batch is what a resumed run re-runs.
-# A GPU wants many sequences per forward: a batch of 32 at once (not measured yet).
+# measurement (README, "Speed"). On a 2-core CPU: batches of 15 through a rolling window of 12 (the main job took
+# 9.1 min at a peak of 1.60 GiB; a window of 6: 9.4-9.7 min, 1.37 GiB; batches of 6 all at once, before: 11.7 min,
+# 1.90 GiB; the same records all three): the window starts the next problem while a batch's slowest search
+# finishes, and the batch is what a resumed run re-runs. A GPU wants many sequences per forward: a batch of 32
+# at once (not measured yet).
 BATCH_SIZE = {"cpu": 15, "cuda": 32}
-IN_FLIGHT = {"cpu": 6, "cuda": None}
+IN_FLIGHT = {"cpu": 12, "cuda": None}
 
 @dataclasses.dataclass
 class EvalConfig:

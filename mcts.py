@@ -406,8 +406,8 @@ class DemoConfig:
                                     "the lockstep engine, the bare decode loop and the per-agent reference path")
     benchmark_problems: int = option(15, "benchmark: arith problems searched, all three agents each (evaluate.py's "
                                          "batch on a CPU)")
-    benchmark_in_flight: int = option(6, "benchmark: the most problems the engine searches at once, the next "
-                                         "starting as one ends (evaluate.py's --in-flight on a CPU)")
+    benchmark_in_flight: int = option(12, "benchmark: the most problems the engine searches at once, the next "
+                                          "starting as one ends (evaluate.py's --in-flight on a CPU)")
     bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
     reference_problems: int = option(2, "benchmark: run the per-agent reference path on the first N of the problems "
                                         "(about 80 s each on 2 CPU cores; its rate does not depend on N)")
