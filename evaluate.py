@@ -666,7 +666,7 @@ def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameCon
     require(config, "batch_size", lambda size: size is None or size >= 1, "at least 1",
             "leave it out for the default of this machine")
     require(config, "in_flight", lambda size: size is None or size >= 1, "at least 1",
-            "leave it out to run the whole batch at once")
+            "leave it out for the default of this machine")
     require(config, "sc_temperature", lambda t: t >= 0, "at least 0")
     if config.resume and config.overwrite:
         raise ConfigError("--resume continues the output file and --overwrite starts it afresh; pass one of them")
