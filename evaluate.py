@@ -35,7 +35,7 @@ from tqdm import tqdm
 from align import (GameConfig, delegate, pool_classes, principal_order_program, validate_game_config,
                    with_preset_defaults)
 from data import DataError, DATASETS, load_problems
-from engine import Request, keep_big_blocks_in_mmap, run_programs
+from engine import BATCH_SIZE, IN_FLIGHT, Request, keep_big_blocks_in_mmap, run_programs
 from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
                  cuda_available, derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
                  require_at_least, spent)
@@ -43,14 +43,6 @@ from mcts import SearchConfig, make_agents, search_all, validate_search_config
 from mlpo import LeaderConfig, lead_program, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
 
-# [ours] problems run together by default, and of those the most whose model calls run at once, chosen by
-# measurement (README, "Speed"). On a 2-core CPU: batches of 15 through a rolling window of 12 (the main job took
-# 9.1 min at a peak of 1.60 GiB; a window of 6: 9.4-9.7 min, 1.37 GiB; batches of 6 all at once, before: 11.7 min,
-# 1.90 GiB; the same records all three): the window starts the next problem while a batch's slowest search
-# finishes, and the batch is what a resumed run re-runs. A GPU wants many sequences per forward: a batch of 32
-# at once (not measured yet).
-BATCH_SIZE = {"cpu": 15, "cuda": 32}
-IN_FLIGHT = {"cpu": 12, "cuda": None}
 
 @dataclasses.dataclass
 class EvalConfig:
