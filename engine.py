@@ -44,11 +44,15 @@ from llm import billing, derive_seed
 
 ARENA_ATTENTION = "align_arena"        # the name our attention function is registered under
 # What the engines did, for the benchmarks: forwards run, tokens that went through a model, tokens whose keys and
-# values were copied from another problem's arena instead; and the forwards that fed at most SMALL_FORWARD tokens
-# (a batch's tail: a few long rollouts left while the rest wait) with their seconds, beside all forwards' seconds.
+# values were copied from another problem's arena instead; the forwards that fed at most SMALL_FORWARD tokens
+# (a batch's tail: a few long rollouts left while the rest wait) with their seconds, beside all forwards' seconds;
+# and the steps in which at least FULL_FORWARD rows fed the token they had just sampled (as many as the bare loop's
+# batch), with those generated tokens and the steps' whole seconds (sampling and any prefill beside them included):
+# how fast the engine generates when it has as much to do as the bare loop.
 STATS = {"forwards": 0, "tokens_fed": 0, "tokens_copied": 0, "small_forwards": 0, "small_seconds": 0.0,
-         "seconds": 0.0}
+         "seconds": 0.0, "full_steps": 0, "full_tokens": 0, "full_seconds": 0.0}
 SMALL_FORWARD = 3
+FULL_FORWARD = 64
 # [ours] The most tokens one forward feeds (its rows first, then the queue of prompts' and scored continuations'
 # tokens). On a CPU a forward's cost per token is flat beyond a few dozen tokens, and the budget bounds what a
 # forward holds (attention scores; the logits of scored tokens, 256 x 49,152 x 4 bytes = 50 MB on the embedded
@@ -517,6 +521,7 @@ class Engine:
         # fed over several steps (chunked prefill): every token's keys are written in the forward that feeds it,
         # and a token is never fed before the ones it sees. The budget bounds what a forward holds in memory (its
         # attention scores, the logits of scored tokens).
+        generated = len(queries)
         room = max(self.max_tokens_per_step - len(queries), self.max_tokens_per_step // 4, 1)
         queries += self.pending[:room]
         self.pending = self.pending[room:]
@@ -528,6 +533,10 @@ class Engine:
             if len(queries) <= SMALL_FORWARD:
                 STATS["small_forwards"] += 1
                 STATS["small_seconds"] += forward_seconds
+            if generated >= FULL_FORWARD:
+                STATS["full_steps"] += 1
+                STATS["full_tokens"] += generated
+                STATS["full_seconds"] += time.perf_counter() - start
             seconds = (time.perf_counter() - start) / len(queries)
             for query, row_logits in zip([q for q in queries if q.on_logits], logits):
                 query.on_logits(row_logits, seconds)

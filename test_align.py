@@ -779,6 +779,27 @@ def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it
     assert outputs == [reference_greedy(tiny_llm, tiny_llm.encode(p), 6) for p in prompts]
 
 
+def test_engine_counts_the_steps_in_which_as_many_rows_generate_as_the_bare_loop_has(tiny_llm):
+    """STATS' full steps (the benchmark's rate of the engine with enough to do): the steps in which at least
+    FULL_FORWARD rows fed the token they had just sampled, with those tokens; one row fewer never counts."""
+    prompt = tiny_llm.chat("Tom has 3 apples.")
+
+    def program(n):
+        [rows] = yield [Request(tiny_llm, prompt, n=n, max_new_tokens=5)]
+        return rows
+    for n in (engine.FULL_FORWARD - 1, engine.FULL_FORWARD):
+        before = dict(engine.STATS)
+        [rows] = run_programs([program(n)])
+        # greedy, so every row writes the same tokens; each is fed back but the one that reached max_new_tokens
+        fed = {len(r.ids) - (not r.ended) for r in rows}
+        assert len(fed) == 1
+        steps = engine.STATS["full_steps"] - before["full_steps"]
+        tokens = engine.STATS["full_tokens"] - before["full_tokens"]
+        expected = len(rows[0].ids) - (not rows[0].ended) if n >= engine.FULL_FORWARD else 0
+        assert (steps, tokens) == (expected, n * expected)
+        assert engine.STATS["full_seconds"] > before["full_seconds"] or not expected
+
+
 def test_engine_sampling_is_seeded_whatever_shares_the_batch(tiny_llm):
     prompt = tiny_llm.chat("Tom has 3 apples.")
 
