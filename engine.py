@@ -521,7 +521,7 @@ class Engine:
         # fed over several steps (chunked prefill): every token's keys are written in the forward that feeds it,
         # and a token is never fed before the ones it sees. The budget bounds what a forward holds in memory (its
         # attention scores, the logits of scored tokens).
-        generated = len(queries)
+        generated = len(queries)                           # so far only rows, each feeding the token just sampled
         room = max(self.max_tokens_per_step - len(queries), self.max_tokens_per_step // 4, 1)
         queries += self.pending[:room]
         self.pending = self.pending[room:]
