@@ -819,6 +819,27 @@ def test_engine_sampling_is_seeded_whatever_shares_the_batch(tiny_llm):
     assert mixed == [greedy, half]
 
 
+def test_the_sampling_buffers_kept_across_steps_give_the_draws_of_fresh_ones(tiny_llm):
+    """The engine keeps its (rows, vocab) scores and noise from step to step, growing them when more rows sample:
+    requests of 2, then 20 (more than the first buffer holds), then 3 rows in one run draw what each draws alone."""
+    prompt = tiny_llm.chat("Tom has 3 apples.")
+    asks = [(2, 1.0, 5), (20, 0.7, 6), (3, 1.0, 7)]
+
+    def one(n, temperature, seed):
+        [samples] = yield [Request(tiny_llm, prompt, n=n, temperature=temperature, max_new_tokens=6, seed=seed)]
+        return [s.ids for s in samples]
+
+    def in_turn():
+        drawn = []
+        for n, temperature, seed in asks:
+            [samples] = yield [Request(tiny_llm, prompt, n=n, temperature=temperature, max_new_tokens=6, seed=seed)]
+            drawn.append([s.ids for s in samples])
+        return drawn
+    alone = [run_programs([one(*ask)])[0] for ask in asks]
+    assert run_programs([in_turn()])[0] == alone
+    assert len({tuple(ids) for ids in alone[1]}) > 1                               # they are samples, not one text
+
+
 def test_engine_rows_end_at_their_own_stop_string_or_eos(tiny_llm, monkeypatch):
     prompts = [tiny_llm.chat("Tom has 3 apples."), tiny_llm.chat("Is this solution correct?")]
     free = [reference_greedy(tiny_llm, tiny_llm.encode(p), 12) for p in prompts]
