@@ -494,8 +494,9 @@ def benchmark(agents: list, problems: list, config: SearchConfig, seed: int, bar
           f"{stats['small_seconds'] / max(stats['seconds'], 1e-9):.0%} of the forwards' time")
     if stats["full_steps"]:     # the engine itself, where it had as many rows as the bare loop: the rest is the tail
         full_rate = stats["full_tokens"] / max(stats["full_seconds"], 1e-9)
-        print(f"  in the {stats['full_steps']} steps where at least {FULL_FORWARD} rows generated, the engine made "
-              f"{stats['full_tokens']} tokens in {stats['full_seconds']:.1f}s = {full_rate:.1f} tokens/s "
+        other = "" if bare_rows == FULL_FORWARD else f" (engine.FULL_FORWARD; the bare loop here had {bare_rows})"
+        print(f"  in the {stats['full_steps']} steps where at least {FULL_FORWARD} rows generated{other}, the engine "
+              f"made {stats['full_tokens']} tokens in {stats['full_seconds']:.1f}s = {full_rate:.1f} tokens/s "
               f"({full_rate / limit:.2f} of the limit)")
     if torch.cuda.is_available():
         print(f"  GPU memory: peak {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB allocated")
