@@ -551,8 +551,7 @@ class Engine:
             return
         vocab, device = ready[0].logits.shape[-1], ready[0].logits.device
         logits = self._scratch("scores", len(ready), vocab, device)                # (rows, vocab), float32
-        for r, row in enumerate(ready):
-            logits[r].copy_(row.logits)
+        torch.stack([row.logits for row in ready], out=logits)      # (as .float() would: bf16 rows are converted)
         sampled = [r for r, row in enumerate(ready) if row.job.request.temperature > 0]
         if sampled:                                          # Gumbel-max: argmax(logits / T + Gumbel noise)
             noise = self._scratch("noise", len(sampled), vocab, torch.device("cpu"))   # the generators are CPU ones
