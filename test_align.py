@@ -757,6 +757,32 @@ def test_engine_scores_equal_the_reference_scores_even_split_over_steps(tiny_llm
     assert scores == pytest.approx(tiny_llm.score(prompt, list(continuations)), abs=1e-4)
 
 
+def test_engine_scored_continuations_take_their_slots_as_they_are_fed(tiny_llm, monkeypatch):
+    """A request scoring many continuations holds its prompt plus the continuations in flight in its arena, not
+    all of them at once (the likelihood principal scores every pooled class's solution), and its scores still equal
+    LLM.score's. Fed 4 tokens a step, the arena never holds more than the prompt, one whole continuation and the
+    next one's first 4 tokens."""
+    arenas = []
+
+    class Recorded(engine.Arena):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            arenas.append(self)
+    monkeypatch.setattr(engine, "Arena", Recorded)
+    prompt = tiny_llm.chat("Tom has 3 apples and buys 5 more. How many?")
+    continuations = tuple(f"Step {k}: he has {3 + k} apples, then {8 + k} in all, so the answer is {8 + k}."
+                          for k in range(6))
+
+    def program():
+        [scores] = yield [Request(tiny_llm, prompt, score=continuations)]
+        return scores
+    [scores] = run_programs([program()], max_tokens_per_step=4)
+    assert scores == pytest.approx(tiny_llm.score(prompt, list(continuations)), abs=1e-4)
+    lengths = [len(tiny_llm.encode(c)) - 1 for c in continuations]     # a continuation's first token is not fed
+    (arena,), prompt_length = arenas, len(tiny_llm.encode(prompt))
+    assert arena.length <= prompt_length + max(lengths) + 4 < prompt_length + sum(lengths)
+
+
 @pytest.mark.parametrize("max_tokens_per_step", [1024, 7])
 def test_engine_copies_a_prefix_another_problem_computed_instead_of_computing_it_again(tiny_llm, max_tokens_per_step):
     """Two problems whose prompts share the few-shot exemplars: the second copies their keys and values (also
