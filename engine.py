@@ -64,11 +64,14 @@ TOKENS_PER_STEP = {"cpu": 256, "cuda": 1024}
 # [ours] The problems run together (evaluate.py --batch-size: the unit of records and of resume) and, of those, the
 # most whose programs run at once (--in-flight: the rolling window of run_programs), chosen by measurement (README,
 # "Speed"); the benchmark in mcts.py uses the CPU ones. On a 2-core CPU, batches of 15 through a window of 12: the
-# main job took 9.1 min at a peak of 1.60 GiB (a window of 6: 9.4-9.7 min, 1.37 GiB; batches of 6 all at once,
-# before: 11.7 min, 1.90 GiB; the same records all three; since the sampling keeps its buffers, 8.0 min at 1.65 GiB).
+# main job (arith) took 9.1 min at a peak of 1.60 GiB (a window of 6: 9.4-9.7 min, 1.37 GiB; batches of 6 all at
+# once, before: 11.7 min, 1.90 GiB; the same records all three; since the sampling keeps its buffers, 8.0 min at
+# 1.65 GiB). But a problem's arena grows with its prompts and solutions: on GSM8K a window of 12 peaked at 2.43 GiB,
+# over the 2 GiB a `tiny` run may use, and a window of 6 at 1.86 GiB (each problem's searches hold ~0.13 GiB of keys
+# and values at their peak; the same records). So 6.
 # A GPU wants many sequences per forward: a batch of 32, all at once (not measured yet).
 BATCH_SIZE = {"cpu": 15, "cuda": 32}
-IN_FLIGHT = {"cpu": 12, "cuda": None}
+IN_FLIGHT = {"cpu": 6, "cuda": None}
 
 
 @dataclasses.dataclass
