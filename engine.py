@@ -63,15 +63,25 @@ TOKENS_PER_STEP = {"cpu": 256, "cuda": 1024}
 
 # [ours] The problems run together (evaluate.py --batch-size: the unit of records and of resume) and, of those, the
 # most whose programs run at once (--in-flight: the rolling window of run_programs), chosen by measurement (README,
-# "Speed"); the benchmark in mcts.py uses the CPU ones. On a 2-core CPU, batches of 15 through a window of 12: the
-# main job (arith) took 9.1 min at a peak of 1.60 GiB (a window of 6: 9.4-9.7 min, 1.37 GiB; batches of 6 all at
-# once, before: 11.7 min, 1.90 GiB; the same records all three; since the sampling keeps its buffers, 8.0 min at
-# 1.65 GiB). But a problem's arena grows with its prompts and solutions: on GSM8K a window of 12 peaked at 2.43 GiB,
-# over the 2 GiB a `tiny` run may use, and a window of 6 at 1.86 GiB (each problem's searches hold ~0.13 GiB of keys
-# and values at their peak; the same records). So 6.
+# "Speed"); the benchmark in mcts.py uses the CPU ones (arith's window, below). On a 2-core CPU, batches of 15
+# through a window of 12: the main job (arith) took 9.1 min at a peak of 1.60 GiB (a window of 6: 9.4-9.7 min,
+# 1.37 GiB; batches of 6 all at once, before: 11.7 min, 1.90 GiB; the same records all three; since the sampling
+# keeps its buffers, 8.0 min at 1.65 GiB). But a problem's arena grows with its prompts and solutions: on GSM8K a
+# window of 12 peaked at 2.43 GiB, over the 2 GiB a `tiny` run may use, and a window of 6 at 1.86 GiB (each
+# problem's searches hold ~0.13 GiB of keys and values at their peak; the same records). So 6.
 # A GPU wants many sequences per forward: a batch of 32, all at once (not measured yet).
 BATCH_SIZE = {"cpu": 15, "cuda": 32}
 IN_FLIGHT = {"cpu": 6, "cuda": None}
+# [ours] On a CPU, the datasets whose problems hold few enough keys and values for more of them at once. What a
+# problem holds is set by its solutions, not its prompt (~400-500 tokens on both below), and is not known before its
+# searches end: on GSM8K's first 15 problems one problem's searches peaked at 1,357-3,274 arena slots, on arith's
+# (one- and two-step questions) at 644-1,622. So a budget in bytes could only guess, and the first problems to end are
+# the small ones: a rule that learned from them overshot its budget by 30% when replayed on these runs. A measured
+# number per dataset does not guess: arith's 15 problems hold at most 0.42 GiB of keys and values at 12 in flight
+# (GSM8K's, replayed: 1.18 GiB), and from 10 in flight on, the batch's slowest search alone sets how many forwards
+# the searches take (581, against 812 at 6): in one process they generated 220 tokens/s at 12 against 192 at 6,
+# the same answers.
+IN_FLIGHT_CPU = {"arith": 12}
 
 
 @dataclasses.dataclass

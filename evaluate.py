@@ -35,7 +35,7 @@ from tqdm import tqdm
 from align import (GameConfig, delegate, pool_classes, principal_order_program, validate_game_config,
                    with_preset_defaults)
 from data import DataError, DATASETS, load_problems
-from engine import BATCH_SIZE, IN_FLIGHT, Request, keep_big_blocks_in_mmap, run_programs
+from engine import BATCH_SIZE, IN_FLIGHT, IN_FLIGHT_CPU, Request, keep_big_blocks_in_mmap, run_programs
 from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
                  cuda_available, derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
                  require_at_least, spent)
@@ -70,7 +70,8 @@ class EvalConfig:
                                           f"{BATCH_SIZE['cpu']} on a CPU, {BATCH_SIZE['cuda']} on a GPU)")
     in_flight: int | None = option(None, "of a batch, the most problems whose model calls run at once: the next "
                                          "one starts as one ends (a rolling window), so memory follows this number "
-                                         f"(default: {IN_FLIGHT['cpu']} on a CPU, the whole batch on a GPU)")
+                                         f"(default: {IN_FLIGHT['cpu']} on a CPU, {IN_FLIGHT_CPU['arith']} for arith's "
+                                         "shorter solutions: engine.IN_FLIGHT_CPU; the whole batch on a GPU)")
     engine: bool = option(True, "run the models through the lockstep engine (engine.py); --no-engine: the "
                                 "reference path, one program at a time through LLM.generate")
     max_new_tokens: int = option(256, "[ours] max new tokens of a cot / sc solution")
@@ -548,6 +549,17 @@ def resume_command() -> str:
                                              "--resume"])
 
 
+def batch_and_window(config: EvalConfig, machine: str) -> tuple:
+    """(--batch-size, --in-flight), each the machine's default when not given (engine.BATCH_SIZE, IN_FLIGHT; on a CPU,
+    IN_FLIGHT_CPU for the datasets whose problems are small enough for more at once); in flight None: the whole
+    batch at once."""
+    batch_size = config.batch_size or BATCH_SIZE[machine]
+    default = IN_FLIGHT_CPU.get(config.dataset.partition(":")[0], IN_FLIGHT["cpu"]) if machine == "cpu" else \
+        IN_FLIGHT[machine]
+    in_flight = config.in_flight or default
+    return batch_size, (in_flight if in_flight and in_flight < batch_size else None)
+
+
 def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig | None = None,
         leader_config: LeaderConfig | None = None) -> list[dict]:
     """Evaluate, writing records as it goes; returns all records of the requested methods."""
@@ -592,9 +604,8 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
     machine = "cuda" if str(device or "").startswith("cuda") or (device is None and cuda_available()) else "cpu"
-    batch_size = config.batch_size or BATCH_SIZE[machine]
-    in_flight = config.in_flight or IN_FLIGHT[machine]
-    config = dataclasses.replace(config, in_flight=in_flight if in_flight and in_flight < batch_size else None)
+    batch_size, in_flight = batch_and_window(config, machine)
+    config = dataclasses.replace(config, in_flight=in_flight)
     batches = [mine[k:k + batch_size] for k in range(0, len(mine), batch_size)]
     finished = sum(all((p["id"], m) in done for m in methods) for p in mine)
     if rank == 0:

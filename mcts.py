@@ -37,7 +37,7 @@ import torch
 from transformers import DynamicCache
 
 from data import load_problems
-from engine import BATCH_SIZE, FULL_FORWARD, IN_FLIGHT, SMALL_FORWARD, Request, Wait, discard, run_programs
+from engine import BATCH_SIZE, FULL_FORWARD, IN_FLIGHT_CPU, SMALL_FORWARD, Request, Wait, discard, run_programs
 from engine import STATS as engine_stats
 from llm import (EMBEDDED_ALIAS, PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype,
                  check_model_name, load_llm, option, parse_configs, print_config, random_model_like, require,
@@ -406,9 +406,9 @@ class DemoConfig:
                                     "the lockstep engine, the bare decode loop and the per-agent reference path")
     benchmark_problems: int = option(BATCH_SIZE["cpu"], "benchmark: arith problems searched, all three agents "
                                                          "each (evaluate.py's batch on a CPU)")
-    benchmark_in_flight: int = option(IN_FLIGHT["cpu"], "benchmark: the most problems the engine searches at once, "
-                                                        "the next starting as one ends (evaluate.py's --in-flight on "
-                                                        "a CPU)")
+    benchmark_in_flight: int = option(IN_FLIGHT_CPU["arith"], "benchmark: the most problems the engine searches at "
+                                                               "once, the next starting as one ends (evaluate.py's "
+                                                               "--in-flight on arith on a CPU)")
     bare_batch: int = option(64, "benchmark: rows of the bare decode loop (the machine's limit for this model)")
     reference_problems: int = option(2, "benchmark: run the per-agent reference path on the first N of the problems "
                                         "(about 80 s each on 2 CPU cores; its rate does not depend on N)")

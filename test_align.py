@@ -52,8 +52,8 @@ from align import (DELEGATION_RULES, GameConfig, Player, Pool, best_response_is_
 from data import ARCHIVES, BBH_TASKS, MMLU_SUBJECTS, SOURCES, DataError, arith, load_problems
 import engine
 from engine import Generated, Request, run_programs
-from evaluate import (METHODS, Context, EvalConfig, parse_methods, principal_correlations, read_records, run_methods,
-                      summarize, wilson_interval)
+from evaluate import (METHODS, Context, EvalConfig, batch_and_window, parse_methods, principal_correlations,
+                      read_records, run_methods, summarize, wilson_interval)
 from hedge import Hedge, adversarial_regret, hedge_regret_bound, softmax, tuned_learning_rate
 from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_score
 from mlpo import (choose_aggregations, completion_logprobs, drop_easy_questions, group_advantages, keep_completion,
@@ -1174,6 +1174,20 @@ def test_a_new_method_is_one_function_and_is_charged_like_vote(tiny_model_dir, m
             charges[(tuple(order), method)] = (record["calls"], record["prompt_tokens"], record["generated_tokens"])
     assert len(set(charges.values())) == 1, charges          # the same charge, whoever ran first
     assert next(iter(charges.values()))[0] > 0
+
+
+def test_the_default_window_follows_the_dataset_on_a_cpu():
+    """On a CPU arith's small problems run more at once than the others' (engine.IN_FLIGHT_CPU); a window as wide
+    as the batch runs it all at once (None); --in-flight and --batch-size given win; a GPU runs the whole batch."""
+    batch, wide, narrow = engine.BATCH_SIZE["cpu"], engine.IN_FLIGHT_CPU["arith"], engine.IN_FLIGHT["cpu"]
+    assert narrow < wide < batch
+    assert batch_and_window(EvalConfig(dataset="arith"), "cpu") == (batch, wide)
+    for dataset in ("gsm8k", "math500", "bbh:navigate", "mmlu"):
+        assert batch_and_window(EvalConfig(dataset=dataset), "cpu") == (batch, narrow)
+    assert batch_and_window(EvalConfig(dataset="arith", in_flight=3), "cpu") == (batch, 3)
+    assert batch_and_window(EvalConfig(dataset="gsm8k", in_flight=12), "cpu") == (batch, 12)
+    assert batch_and_window(EvalConfig(dataset="arith", batch_size=wide), "cpu") == (wide, None)
+    assert batch_and_window(EvalConfig(dataset="arith"), "cuda") == (engine.BATCH_SIZE["cuda"], engine.IN_FLIGHT["cuda"])
 
 
 def test_a_batch_run_through_a_window_of_one_problem_gives_the_same_records(tiny_model_dir):
