@@ -1187,7 +1187,9 @@ def test_the_default_window_follows_the_dataset_on_a_cpu():
     assert batch_and_window(EvalConfig(dataset="arith", in_flight=3), "cpu") == (batch, 3)
     assert batch_and_window(EvalConfig(dataset="gsm8k", in_flight=12), "cpu") == (batch, 12)
     assert batch_and_window(EvalConfig(dataset="arith", batch_size=wide), "cpu") == (wide, None)
-    assert batch_and_window(EvalConfig(dataset="arith"), "cuda") == (engine.BATCH_SIZE["cuda"], engine.IN_FLIGHT["cuda"])
+    for dataset in ("arith", "gsm8k"):
+        assert batch_and_window(EvalConfig(dataset=dataset), "cuda") == (engine.BATCH_SIZE["cuda"],
+                                                                         engine.IN_FLIGHT["cuda"])
 
 
 def test_a_batch_run_through_a_window_of_one_problem_gives_the_same_records(tiny_model_dir):
