@@ -72,16 +72,17 @@ TOKENS_PER_STEP = {"cpu": 256, "cuda": 1024}
 # A GPU wants many sequences per forward: a batch of 32, all at once (not measured yet).
 BATCH_SIZE = {"cpu": 15, "cuda": 32}
 IN_FLIGHT = {"cpu": 6, "cuda": None}
-# [ours] On a CPU, the datasets whose problems hold few enough keys and values for more of them at once. What a
-# problem holds is set by its solutions, not its prompt (~400-500 tokens on both below), and is not known before its
-# searches end: on GSM8K's first 15 problems one problem's searches peaked at 1,357-3,274 arena slots, on arith's
-# (one- and two-step questions) at 644-1,622. So a budget in bytes could only guess, and the first problems to end are
-# the small ones: a rule that learned from them overshot its budget by 30% when replayed on these runs. A measured
-# number per dataset does not guess: arith's 15 problems hold at most 0.42 GiB of keys and values at 12 in flight
-# (GSM8K's, replayed: 1.18 GiB), and from 10 in flight on, the batch's slowest search alone sets how many forwards
-# the searches take (581, against 812 at 6): in one process they generated 220 tokens/s at 12 against 192 at 6,
-# the same answers. The main job, back to back: 5 min 17 s at 12 against 6 min 11 s at 6, peaks 1.65 and 1.41 GiB,
-# 176 of 180 records identical (the other four: a principal score's fourth decimal).
+# [ours] On a CPU, the datasets whose problems hold few enough keys and values for more of them at once (evaluate.py
+# and the benchmark in mcts.py read arith's). What a problem holds is set by its solutions, not its prompt (GSM8K's
+# and arith's prompts are both ~400-500 tokens), and is not known before its searches end: on GSM8K's first 15
+# problems one problem's searches peaked at 1,357-3,274 arena slots, on arith's (one- and two-step questions) at
+# 644-1,622. So a budget in bytes could only guess, and the first problems to end are the small ones: a rule that
+# learned from them overshot a 0.7 GiB budget by a third (0.92 GiB) when replayed on these runs. A measured number
+# per dataset does not guess: arith's 15 problems hold at most 0.42 GiB of keys and values at 12 in flight (GSM8K's,
+# replayed: 1.18 GiB), and from 10 in flight on, the batch's slowest search alone sets how many forwards the
+# searches take (580 measured at 12, against 810 at 6): in one process they generated 220 tokens/s at 12 against
+# 192 at 6, the same answers. The main job, back to back: 5 min 17 s at 12 against 6 min 11 s at 6, peaks 1.65 and
+# 1.41 GiB, 176 of 180 records identical (the other four: a principal score's fourth decimal).
 IN_FLIGHT_CPU = {"arith": 12}
 
 

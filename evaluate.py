@@ -549,13 +549,15 @@ def resume_command() -> str:
                                              "--resume"])
 
 
-def batch_and_window(config: EvalConfig, machine: str) -> tuple:
+def batch_and_window(config: EvalConfig, machine: str) -> tuple[int, int | None]:
     """(--batch-size, --in-flight), each the machine's default when not given (engine.BATCH_SIZE, IN_FLIGHT; on a CPU,
     IN_FLIGHT_CPU for the datasets whose problems are small enough for more at once); in flight None: the whole
     batch at once."""
     batch_size = config.batch_size or BATCH_SIZE[machine]
-    default = IN_FLIGHT_CPU.get(config.dataset.partition(":")[0], IN_FLIGHT["cpu"]) if machine == "cpu" else \
-        IN_FLIGHT[machine]
+    if machine == "cpu":
+        default = IN_FLIGHT_CPU.get(config.dataset.partition(":")[0], IN_FLIGHT["cpu"])
+    else:
+        default = IN_FLIGHT[machine]
     in_flight = config.in_flight or default
     return batch_size, (in_flight if in_flight and in_flight < batch_size else None)
 

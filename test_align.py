@@ -1187,6 +1187,7 @@ def test_the_default_window_follows_the_dataset_on_a_cpu():
     assert batch_and_window(EvalConfig(dataset="arith", in_flight=3), "cpu") == (batch, 3)
     assert batch_and_window(EvalConfig(dataset="gsm8k", in_flight=12), "cpu") == (batch, 12)
     assert batch_and_window(EvalConfig(dataset="arith", batch_size=wide), "cpu") == (wide, None)
+    assert batch_and_window(EvalConfig(dataset="gsm8k", in_flight=batch), "cpu") == (batch, None)
     for dataset in ("arith", "gsm8k"):
         assert batch_and_window(EvalConfig(dataset=dataset), "cuda") == (engine.BATCH_SIZE["cuda"],
                                                                          engine.IN_FLIGHT["cuda"])
