@@ -914,6 +914,36 @@ def test_a_program_that_waits_for_any_request_is_woken_as_each_one_ends(tiny_llm
     assert run_programs([reference_program()], engine=False) == [2]       # both at once
 
 
+def test_a_prompt_nobody_sees_any_more_gives_its_slots_back(tiny_llm, monkeypatch):
+    """A leader's rounds: each asks with a new prompt. Once a prompt's requests have ended and no later prompt shares
+    its own slots, those go back to the arena, so the next round reuses them; a prompt that a running one extends
+    stays while that one runs; a prompt whose continuations are kept stays for good, and continuing one later gives
+    the same text. Greedy text equals the reference path's (LLM.generate)."""
+    made = []
+    make = engine.Arena.__init__
+    monkeypatch.setattr(engine.Arena, "__init__", lambda self, *a, **k: (make(self, *a, **k), made.append(self))[0])
+    kept_prompt = tiny_llm.chat("Keep this one.")
+    rounds = [tiny_llm.chat(f"Round {k}: the team said {k * 7}, {k * 11} and {k * 13}, then nothing.") for k in range(4)]
+
+    def program(rounds):
+        [[kept]] = yield [Request(tiny_llm, kept_prompt, max_new_tokens=3, keep=True)]
+        texts = []
+        for prompt in rounds:                 # a short request, and a longer one whose prompt extends its prompt
+            [[short], [extended]] = yield [Request(tiny_llm, prompt, max_new_tokens=2),
+                                           Request(tiny_llm, prompt + " Again.", max_new_tokens=6)]
+            texts += [short.text, extended.text]
+        [[more]] = yield [Request(tiny_llm, kept_prompt, suffix=kept.text, state=kept.state, max_new_tokens=4)]
+        return texts, more.ids
+    [(texts, continued)] = run_programs([program(rounds)])
+    assert texts == run_programs([program(rounds)], engine=False)[0][0]
+    assert continued == run_programs([program([])])[0][1]      # the kept state, continued with no rounds between
+    [arena] = made[:1]
+    longest = max(len(tiny_llm.encode(prompt + " Again.")) for prompt in rounds)
+    # the kept prompt and its kept continuation, then one round at a time (both of its requests), then 4 more tokens
+    assert arena.length <= len(tiny_llm.encode(kept_prompt)) + 3 + longest + 2 + 6 + 4
+    assert [p.ids for p in arena.prompts] == [tiny_llm.encode(kept_prompt)]      # only the kept prompt is left
+
+
 def test_a_rolling_window_runs_at_most_that_many_problems_at_once_with_the_same_results(tiny_llm, monkeypatch):
     """run_programs(window=2) over four problems, the first with two programs: a problem starts only when fewer
     than two run, at most two problems' arenas are ever alive (a finished problem's is freed), and every program
