@@ -540,6 +540,9 @@ class Engine:
             self.arenas[arena_key] = Arena(self.model)
         job = _Job(request, index, self.arenas[arena_key], account, done)
         if request.state is not None:
+            if request.state.arena is not job.arena:       # its slots mean nothing in another arena
+                raise ValueError("a kept state can only be continued by the problem that made it, in the same "
+                                 "run_programs call: pass it back to the program (and arena) it came from")
             self._start_rows(job, request.state)
         else:
             self.prompts.append((job, self.llm.encode(request.prompt + request.suffix),
@@ -694,6 +697,8 @@ class Engine:
                 start(State(arena, prompt.slots, len(ids), prompt.logits, len(ids)))
             ready() if same.logits is not None else same.waiting.append(ready)
             return True
+        if common == len(ids):                 # a prefix of a longer prompt here: its last token is fed, for its logits
+            common, prefix_slots = common - 1, prefix_slots[:common - 1]
         # Another problem's arena may hold a longer prefix (the few-shot exemplars every problem's prompt starts
         # with): copy its keys and values rather than compute them again. If that prefix is still being computed
         # in this step, wait a step for it.
@@ -702,12 +707,11 @@ class Engine:
             if other is arena:
                 continue
             for prompt in other.prompts:
-                shared = common_prefix(ids, prompt.ids)
+                shared = min(common_prefix(ids, prompt.ids), len(ids) - 1)    # the last token is always fed
                 if shared > longest and (prompt.logits is not None or shared > common + 16):
                     source, source_prompt, longest = other, prompt, shared
         if source_prompt is not None and source_prompt.logits is None:
             return False                                    # still being computed: copy it once it is done
-        longest = min(longest, len(ids) - 1)              # the last token is always fed: its logits are needed
         if not common:
             prefix_slots = torch.empty(0, dtype=torch.long, device=arena.device)
         seen = prefix_slots[:common]                       # the slots it shares with earlier prompts here

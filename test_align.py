@@ -944,6 +944,50 @@ def test_a_prompt_nobody_sees_any_more_gives_its_slots_back(tiny_llm, monkeypatc
     assert [p.ids for p in arena.prompts] == [tiny_llm.encode(kept_prompt)]      # only the kept prompt is left
 
 
+def test_a_prompt_that_is_a_prefix_of_a_longer_one_in_its_arena_is_answered(tiny_llm, monkeypatch):
+    """A prompt whose tokens are all the start of a longer prompt already in the arena (queued in the same step, or
+    kept from before) still feeds its last token, for its own next-token logits: greedy text equals the reference
+    path's. (It once took no slot, queued nothing and waited for ever: a bounded number of steps catches that.)"""
+    long = "Tom has 3 apples and buys 5 more apples at the shop"
+    short = "Tom has 3 apples and buys 5 more"
+    assert tiny_llm.encode(long)[:len(tiny_llm.encode(short))] == tiny_llm.encode(short)     # a strict token prefix
+    steps = []
+    step = engine.Engine.step
+
+    def bounded(self):
+        steps.append(1)
+        assert len(steps) < 500, "the engine is still stepping: a request never started"
+        step(self)
+    monkeypatch.setattr(engine.Engine, "step", bounded)
+
+    def program():
+        [[a], [b]] = yield [Request(tiny_llm, long, max_new_tokens=5), Request(tiny_llm, short, max_new_tokens=5)]
+        [[kept]] = yield [Request(tiny_llm, long, max_new_tokens=3, keep=True)]
+        [[c]] = yield [Request(tiny_llm, short, max_new_tokens=4)]
+        return [a.text, b.text, kept.text, c.text]
+    assert run_programs([program()]) == run_programs([program()], engine=False)
+
+
+def test_a_kept_state_continued_by_another_problem_is_a_clear_error(tiny_llm):
+    """A kept state's slots belong to its problem's arena: another problem that tries to continue it gets a one-line
+    error rather than reading whatever its own arena holds in those slots."""
+    handed = []
+
+    def maker():
+        [[kept]] = yield [Request(tiny_llm, tiny_llm.chat("Tom has 3 apples."), max_new_tokens=3, keep=True)]
+        handed.append(kept)
+
+    def taker():
+        for _ in range(50):                           # one token at a time, until the other problem has its state
+            if handed:
+                yield [Request(tiny_llm, "", state=handed[0].state, max_new_tokens=2)]
+            yield [Request(tiny_llm, tiny_llm.chat("Ava has 5 pens."), max_new_tokens=1)]
+    with pytest.raises(ValueError, match="kept state can only be continued by the problem that made it"):
+        run_programs([maker(), taker()], arenas=["problem 0", "problem 1"])
+    with pytest.raises(ValueError, match="kept state can only be continued by the problem that made it"):
+        run_programs([taker()], arenas=["problem 0"])           # nor in a later call, whose arenas are new
+
+
 def test_a_rolling_window_runs_at_most_that_many_problems_at_once_with_the_same_results(tiny_llm, monkeypatch):
     """run_programs(window=2) over four problems, the first with two programs: a problem starts only when fewer
     than two run, at most two problems' arenas are ever alive (a finished problem's is freed), and every program
