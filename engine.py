@@ -82,7 +82,9 @@ IN_FLIGHT = {"cpu": 6, "cuda": None}
 # replayed: 1.18 GiB), and from 10 in flight on, the batch's slowest search alone sets how many forwards the
 # searches take (580 measured at 12, against 810 at 6): in one process they generated 220 tokens/s at 12 against
 # 192 at 6, the same answers. The main job, back to back: 5 min 17 s at 12 against 6 min 11 s at 6, peaks 1.65 and
-# 1.41 GiB, 176 of 180 records identical (the other four: a principal score's fourth decimal).
+# 1.41 GiB, 176 of 180 records identical (the other four: a principal score's fourth decimal). MMLU gains nothing:
+# the embedded model answers in one line, so its searches end at the root's children and leave no drain to fill
+# (15 problems: 1 min 39 s and 1.43 GiB at 12, 1 min 27 s and 1.22 GiB at 6, the same records).
 IN_FLIGHT_CPU = {"arith": 12}
 
 
