@@ -397,8 +397,9 @@ class _Prompt:
     shares: list = dataclasses.field(default_factory=list)    # the earlier prompts whose own slots it sees
 
 
-_parts: list = []   # the current forward, per arena: (arena, query indices, slots written, visible (q, length),
-                    # the same as an additive mask (1, 1, group x q, length): 0 where seen, -inf elsewhere)
+_parts: list = []   # the current forward, per arena: (arena, (first, end): its queries' range in the forward's
+                    # flat batch, slots written, visible (q, length), the same as an additive mask
+                    # (1, 1, group x q, length): 0 where seen, -inf elsewhere)
 
 
 class _ArenaCache:
@@ -407,9 +408,9 @@ class _ArenaCache:
     is_compileable = False
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        for arena, index, slots, *_ in _parts:                           # key_states: (1, kv_heads, Q, dim)
-            arena.keys[layer_idx].index_copy_(2, slots, key_states[:, :, index])
-            arena.values[layer_idx].index_copy_(2, slots, value_states[:, :, index])
+        for arena, (first, end), slots, *_ in _parts:                    # key_states: (1, kv_heads, Q, dim)
+            arena.keys[layer_idx].index_copy_(2, slots, key_states[:, :, first:end])
+            arena.values[layer_idx].index_copy_(2, slots, value_states[:, :, first:end])
         return key_states, value_states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -423,12 +424,12 @@ def arena_attention(module, query, key, value, attention_mask, scaling=None, dro
     rows of that head. A sliding-window layer also hides slots too far behind.
     """
     heads, total, dim = query.shape[1], query.shape[2], query.shape[3]
-    output = query.new_empty(1, heads, total, dim)
-    for arena, index, slots, visible, additive in _parts:
+    outputs = []
+    for arena, (first, end), slots, visible, additive in _parts:
         keys = arena.keys[module.layer_idx][:, :, :arena.length]                # (1, kv_heads, length, dim)
         values = arena.values[module.layer_idx][:, :, :arena.length]
         group = heads // arena.kv_heads
-        q = query[:, :, index]                                                    # (1, heads, q, dim)
+        q = query[:, :, first:end]                                                # (1, heads, q, dim)
         rows = q.shape[2]
         q = q.reshape(1, arena.kv_heads, group * rows, dim)                       # heads sharing a kv head, stacked
         mask = additive                           # built once per forward (see _forward), the same in every layer
@@ -437,7 +438,8 @@ def arena_attention(module, query, key, value, attention_mask, scaling=None, dro
                               < kwargs["sliding_window"])
             mask = mask.repeat(group, 1)[None, None]
         out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
-        output[:, :, index] = out.reshape(1, heads, rows, dim)
+        outputs.append(out.reshape(1, heads, rows, dim))
+    output = torch.cat(outputs, 2) if len(outputs) > 1 else outputs[0]
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -798,7 +800,17 @@ class Engine:
         by_arena = {}
         for q, query in enumerate(queries):
             by_arena.setdefault(id(query.arena), (query.arena, []))[1].append(q)
+        # The forward feeds the queries arena by arena (each arena's in their queued order), so that an arena's
+        # tokens are one slice of the batch: the cache update and the attention take views, not gathers. The
+        # logits still come back in the queued order. Measured on the benchmark's searches (15 arith problems, 12
+        # in flight; the code before and after, alternating): 95.0 -> 91.8 s and 100.9 -> 98.6 s, every search's
+        # samples the same bit for bit (the rows' order in a forward moved no number; their count can: README,
+        # "Speed").
+        order = [q for _, index in by_arena.values() for q in index]
+        where = {q: k for k, q in enumerate(order)}
+        wanted = [where[q] for q, query in enumerate(queries) if query.on_logits]   # their rows in the fed order
         _parts.clear()
+        first = 0
         for arena, index in by_arena.values():
             visible = [queries[q].visible for q in index]
             mask = torch.zeros(len(index), arena.length, dtype=torch.bool, device=device)   # (q, arena length)
@@ -811,14 +823,15 @@ class Engine:
             group = arena.heads // arena.kv_heads
             additive = torch.zeros(group * len(index), arena.length, dtype=self.model.dtype, device=device)
             additive.masked_fill_(~mask.repeat(group, 1), float("-inf"))
-            _parts.append((arena, torch.tensor(index, device=device), torch.cat([queries[q].slot for q in index]),
+            _parts.append((arena, (first, first + len(index)), torch.cat([queries[q].slot for q in index]),
                            mask, additive[None, None]))
+            first += len(index)
+        queries = [queries[q] for q in order]                       # the fed order
         STATS["forwards"] += 1
         STATS["tokens_fed"] += len(queries)
         ids = torch.tensor([[query.token for query in queries]], device=device)            # (1, Q)
         positions = torch.tensor([[query.position for query in queries]], device=device)    # (1, Q)
-        wanted = torch.tensor([q for q, query in enumerate(queries) if query.on_logits], dtype=torch.long,
-                              device=device)                     # empty in a forward of a prompt's middle chunk
+        wanted = torch.tensor(wanted, dtype=torch.long, device=device)    # empty in a prompt's middle chunk
         config = self.model.config
         usual, config._attn_implementation = config._attn_implementation, ARENA_ATTENTION
         try:
