@@ -803,9 +803,10 @@ class Engine:
         # The forward feeds the queries arena by arena (each arena's in their queued order), so that an arena's
         # tokens are one slice of the batch: the cache update and the attention take views, not gathers. The
         # logits still come back in the queued order. Measured on the benchmark's searches (15 arith problems, 12
-        # in flight; the code before and after, alternating): 95.0 -> 91.8 s and 100.9 -> 98.6 s, every search's
-        # samples the same bit for bit (the rows' order in a forward moved no number; their count can: README,
-        # "Speed").
+        # in flight; the code before and after, four alternating pairs on a noisy afternoon): before 95.0, 100.9,
+        # 118.5, 104.9 s, after 91.8, 98.6, 108.7, 106.3 s, about 3% less; every search's samples the same bit for
+        # bit (the rows' order in a forward moved no number; their count can: README, "Speed"), and the main job's
+        # 180 records too.
         order = [q for _, index in by_arena.values() for q in index]
         where = {q: k for k, q in enumerate(order)}
         wanted = [where[q] for q, query in enumerate(queries) if query.on_logits]   # their rows in the fed order
