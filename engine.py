@@ -168,6 +168,9 @@ def run_programs(programs: list, accounts: list | None = None, arenas: list | No
     window: the most arenas (problems) whose programs run at once (default: all). Programs start in order; the
     next problem's programs start the moment the last one of a running problem ends, so their requests fill the
     forwards a problem's slowest search leaves nearly empty (a rolling window); a finished problem's arena is freed.
+    A program that returns while requests it asked for (with Wait) are still in flight leaves them to run to their
+    end: their results are dropped, their tokens still billed to its account. None of ours does; a delegation rule
+    that stops early wastes those tokens, so ask for no more than the rule may use.
     """
     accounts = accounts or [None] * len(programs)
     arenas = arenas or list(range(len(programs)))
