@@ -806,7 +806,7 @@ class Engine:
         # The forward feeds the queries arena by arena (each arena's in their queued order), so that an arena's
         # tokens are one slice of the batch: the cache update and the attention take views, not gathers. The
         # logits still come back in the queued order. Measured on the benchmark's searches (15 arith problems, 12
-        # in flight; the code before and after, four alternating pairs on a noisy afternoon): before 95.0, 100.9,
+        # in flight; the code before and after, four alternating pairs, the machine drifting): before 95.0, 100.9,
         # 118.5, 104.9 s, after 91.8, 98.6, 108.7, 106.3 s, about 3% less; every search's samples the same bit for
         # bit (the rows' order in a forward moved no number; their count can: README, "Speed"), and the main job's
         # 180 records too.

@@ -718,7 +718,8 @@ def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm, 
     """Two problems (arenas), two agents' prompts each (one a prefix-sharing variant), steps continued from kept
     states at depths 1 and 2, and prompts of different lengths -- all in lockstep -- against transformers'
     generate on each sequence's exact token ids, alone. With a step of 7 tokens every prompt is fed in pieces
-    (chunked prefill) while other rows generate."""
+    (chunked prefill) while other rows generate. The two problems' requests alternate, so each forward regroups its
+    tokens arena by arena and must hand the logits back in the order they were queued."""
     prompts = {("p1", "a"): tiny_llm.chat("Tom has 3 apples and buys 5 more."),
                ("p1", "b"): tiny_llm.chat("Tom has 3 apples and buys 5 more. Is this correct?"),
                ("p2", "a"): tiny_llm.chat("Step 1: 12 - 5 = 7", examples=[("Is this correct?", "Yes")]),
@@ -732,8 +733,8 @@ def test_engine_greedy_equals_one_sequence_at_a_time_on_a_mixed_batch(tiny_llm, 
             chain.append(generated.ids)
             state, suffix = generated.state, suffix + generated.text
         return chain
-    keys = list(prompts)
-    chains = run_programs([program(prompts[k], 1 + i % 2) for i, k in enumerate(keys)],
+    keys = [("p1", "a"), ("p2", "a"), ("p1", "b"), ("p2", "b")]          # the problems interleaved in the queue
+    chains = run_programs([program(prompts[k], 1 + i // 2) for i, k in enumerate(keys)],
                           arenas=[k[0] for k in keys], max_tokens_per_step=max_tokens_per_step)
     for key, chain in zip(keys, chains):
         context = tiny_llm.encode(prompts[key])
