@@ -74,6 +74,7 @@ def validate_game_config(config: GameConfig) -> None:
     require(config, "tolerance", lambda tolerance: tolerance >= 0, "at least 0")
     require(config, "principal_mode", lambda mode: mode is None or mode in PRINCIPAL_MODES,
             f"one of {', '.join(PRINCIPAL_MODES)}")
+    require(config, "principal_tau", lambda tau: tau >= 0, "at least 0", "0 is the principal's fixed order")
 
 
 def with_preset_defaults(config: GameConfig, preset: str) -> GameConfig:
@@ -81,7 +82,6 @@ def with_preset_defaults(config: GameConfig, preset: str) -> GameConfig:
     if config.principal_mode is None:
         return dataclasses.replace(config, principal_mode=PRESETS[preset]["principal_mode"])
     return config
-    require(config, "principal_tau", lambda tau: tau >= 0, "at least 0", "0 is the principal's fixed order")
 
 
 # ================================================================ the pipeline, one question
