@@ -59,8 +59,8 @@ from mcts import Agent, Node, SearchConfig, render_tree, search, select, uct_sco
 from mlpo import (choose_aggregations, completion_logprobs, drop_easy_questions, group_advantages, keep_completion,
                   leader_answer, leader_reward, mlpo_loss, sft_loss, template_completion)
 from principal import PRINCIPAL_MODES, PrincipalOrder, parse_listwise, plackett_luce_order, rank_classes, select_final
-from theory import (STUDY_LEVELS, break_even, principal_quality_study, replay_game, replay_problems, simulate,
-                    synthetic_question, theorem1_margin)
+from theory import (STUDY_LEVELS, break_even, delivered_classes, principal_quality_study, replay_game, replay_problems,
+                    simulate, synthetic_question, theorem1_margin)
 from utility import (Sample, answer_kind_of_target, canonical_answer, explicit_answer, extract_answer,
                      group_into_classes, is_correct, majority_answer, normalize_math, same_answer,
                      self_consistency_utility)
@@ -1647,6 +1647,21 @@ def test_stopping_rules():
     game = play_delegation_game(question.players, lambda t: question.ranking, question.ranking, GameConfig(patience=4))
     leaders = [r["most_likely"] for r in game["rounds"]]
     assert len(leaders) >= 4 and leaders[-4:] == [leaders[-1]] * 4 and leaders[-5:-4] != [leaders[-1]]
+
+
+def test_the_principals_top_in_the_synthetic_games_is_a_class_some_agent_found():
+    """The principal ranks all six latent classes, but the pool is what the agents found: its 'top' (the bound on
+    ALIGN's delivered utility) must be the best *pooled* class, as evaluate.py's `principal` is."""
+    rng, unfound_ranked_first = np.random.default_rng(0), 0
+    for _ in range(200):
+        question = synthetic_question(rng, -1.0)
+        found = {a for p in question.players for a in p.actions}
+        unfound_ranked_first += question.ranking[0] not in found
+        game = play_delegation_game(question.players, lambda t: question.ranking, question.ranking, GameConfig())
+        top = delivered_classes(question, game)["principal's top"]
+        assert top in found and top == min(found, key=question.ranking.index)
+        assert question.principal_utility[top] >= question.principal_utility[game["final"]]
+    assert unfound_ranked_first > 0          # the case that matters occurs in these games
 
 
 def test_pareto_compliance_comes_with_its_chance_level_and_the_correlation_is_measured():

@@ -94,9 +94,9 @@ def delivered_classes(question: SyntheticQuestion, game: dict) -> dict:
         "single agent": int(np.argmax(question.pooled_utility)),
         # the no-game control: each agent submits its most self-consistent class once; the principal picks
         "no game": select_final([p.actions[int(np.argmax(p.utility))] for p in question.players], ranking),
-        # the principal's top class of the pool: the most its utility can be, since ALIGN delivers a class
-        # from the same pool (evaluate.py's `principal`)
-        "principal's top": ranking[0],
+        # the principal's top class of the pool (the classes some agent found; the principal ranks all six): the
+        # most its utility can be, since ALIGN delivers a class from the same pool (evaluate.py's `principal`)
+        "principal's top": next(k for k in ranking if any(k in p.actions for p in question.players)),
     }
 
 
