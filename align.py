@@ -120,6 +120,7 @@ class Pool:
     answers: list                 # one answer per pooled class
     representatives: list         # the Sample shown to the principal for each class
     players: list                 # one Player per agent (an agent with no class has no actions)
+    homes: list = dataclasses.field(default_factory=list)   # per agent: the pooled class of each of its classes
 
 
 def pool_classes(searches: list) -> Pool:
@@ -128,9 +129,9 @@ def pool_classes(searches: list) -> Pool:
     U^i(a) is each agent's own self-consistency share (utility.py): [paper] "the empirical frequency of
     answer a among agent i's samples".
     """
-    answers, representatives, players = [], [], []
+    answers, representatives, players, homes = [], [], [], []
     for result in searches:
-        actions, utilities = [], []
+        actions, utilities, own_homes = [], [], []
         for c in result.classes:
             home = next((k for k, a in enumerate(answers) if same_answer(a, c.answer)), None)
             if home is None:
@@ -139,10 +140,15 @@ def pool_classes(searches: list) -> Pool:
                 home = len(answers) - 1
             elif c.representative.reward > representatives[home].reward:
                 representatives[home] = c.representative
+            own_homes.append(home)
+            if home in actions:   # [ours] same_answer is not transitive for decimals (2.334 ~ 2.33 ~ 2.326), so two
+                utilities[actions.index(home)] += c.utility   # of an agent's classes can meet here: one action
+                continue
             actions.append(home)
             utilities.append(c.utility)
         players.append(Player(result.agent, actions, np.array(utilities)))
-    return Pool(answers, representatives, players)
+        homes.append(own_homes)
+    return Pool(answers, representatives, players, homes)
 
 
 def principal_order(principal, question: str, kind: str, pool: Pool, config: GameConfig, seed: int,

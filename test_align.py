@@ -1832,6 +1832,21 @@ def study_records() -> list:
     ]
 
 
+def test_two_classes_of_one_agent_that_meet_in_one_pooled_class_are_one_action():
+    """same_answer is not transitive for decimals: 2.334 ~ 2.33 ~ 2.326, but 2.334 !~ 2.326. An agent holding the
+    last two, after another agent's 2.33, has one action there, with both shares -- not the same class twice."""
+    assert same_answer("2.33", "2.334") and same_answer("2.33", "2.326") and not same_answer("2.334", "2.326")
+    problems, _ = replay_problems([{"problem_id": "p", "method": "align", "gold": "2.33", "prediction": None,
+                                    "agents": agents_of({"2.33": (1.0, 4)}, {"2.334": (.5, 2), "2.326": (.25, 1),
+                                                                               "7": (.25, 1)})}])
+    (problem,) = problems
+    assert problem.pool.answers == ["2.33", "7"]
+    first, second = problem.pool.players
+    assert first.actions == [0] and second.actions == [0, 1] and second.utility.tolist() == [.75, .25]
+    assert problem.pool.homes == [[0], [0, 0, 1]] and problem.counts.tolist() == [7, 1]
+    assert problem.agents_utility.tolist() == [(1.0 + .75) / 2, .25 / 2]
+
+
 def test_oracle_study_at_correlation_plus_and_minus_one():
     """c = +1: the principal's pick is right wherever the right answer is in the pool; ALIGN is right exactly when
     some agent's final submission is the right class -- not guaranteed by the game ("miss"). c = -1: the principal

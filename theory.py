@@ -290,8 +290,8 @@ def replay_problems(records: list[dict]) -> tuple[list, list]:
             skipped.append(problem_id)
             continue
         counts, agents_utility = np.zeros(len(pool.answers)), np.zeros(len(pool.answers))
-        for search, player in zip(searches, pool.players):
-            counts[player.actions] += [len(c.samples) for c in search.classes]
+        for search, player, homes in zip(searches, pool.players, pool.homes):
+            np.add.at(counts, homes, [len(c.samples) for c in search.classes])   # two classes may share a home
             agents_utility[player.actions] += player.utility
         correct = np.array([is_correct(a, r["gold"]) for a in pool.answers])       # ORACLE: reads the gold
         problems.append(ReplayedProblem(problem_id, pool, counts, sum(a["solutions"] for a in r["agents"]), correct,
