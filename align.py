@@ -442,9 +442,9 @@ def main(argv=None) -> None:
     if solve_config.simulate or solve_config.study:   # theory.py imports this file, so it is run, not imported
         theory = runpy.run_module("theory", alter_sys=True)
         if solve_config.study:                         # the oracle study, under this command's game configuration
-            theory["print_study"](solve_config.study, game_config)
-        else:
-            theory["print_theory_checks"]()
+            theory["print_study"](solve_config.study, game_config, seed=solve_config.seed)
+        else:                                          # every table starts from this command's game configuration
+            theory["print_theory_checks"](seed=solve_config.seed, config=game_config)
         return
     try:
         agents = make_agents(solve_config.preset, solve_config.model, solve_config.device)

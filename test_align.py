@@ -1897,6 +1897,29 @@ def test_the_study_runs_from_both_command_lines(tmp_path):
         assert out.strip().splitlines()[-1] == "break-even principal correlation: 0.50"
 
 
+def test_simulate_and_study_take_the_commands_seed_and_game_flags(monkeypatch, capsys, tmp_path):
+    """`align.py --simulate` and `--study` run under the command's --seed and game flags (they printed them in the
+    configuration line but used seed 0 and the default game)."""
+    import runpy
+    calls = {}
+    monkeypatch.setattr(runpy, "run_module", lambda name, alter_sys: {
+        "print_theory_checks": lambda **kwargs: calls.setdefault("simulate", kwargs),
+        "print_study": lambda path, config, **kwargs: calls.setdefault("study", (path, config, kwargs))})
+    align.main(["--simulate", "--seed", "3", "--eta", "0.2", "--rule", "product01"])
+    assert calls["simulate"]["seed"] == 3 and calls["simulate"]["config"].eta == 0.2
+    assert calls["simulate"]["config"].rule == "product01"
+    align.main(["--study", "r.jsonl", "--seed", "4", "--max-rounds", "7"])
+    path, config, kwargs = calls["study"]
+    assert path == "r.jsonl" and config.max_rounds == 7 and kwargs == {"seed": 4}
+    # and the tables start from that game: its eta, T and rule in every heading, its seed in the first
+    from theory import print_theory_checks
+    monkeypatch.undo()
+    print_theory_checks(num_games=6, seed=3, config=GameConfig(eta=0.2, max_rounds=12, rule="product01"))
+    out = capsys.readouterr().out
+    assert "seed 3" in out and "eta 0.2, T <= 12" in out and "(product01 rule, correlation +0.5, eta 0.2, T <= 12)" in out
+    assert "\n  0.2      12 " in out                # Theorem 2's row at the command's eta and T
+
+
 def test_evaluate_search_methods_on_the_tiny_model(tiny_model_dir, tmp_path):
     output = tmp_path / "game.jsonl"
     out = run_cli("evaluate.py", "--dataset", "arith", "--methods", "mcts,vote,principal,align", "--limit", "2",

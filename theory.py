@@ -151,13 +151,15 @@ def theorem1_margin(runs: dict) -> float:
                for c in runs if c >= 0)
 
 
-def print_theory_checks(num_games: int = 300, seed: int = 0) -> float:
+def print_theory_checks(num_games: int = 300, seed: int = 0, config: GameConfig | None = None) -> float:
     """Print every table; return Theorem 1's smallest margin. The long games (T up to 160, a noisy principal)
-    use a third of `num_games`."""
-    default, long_games = GameConfig(), num_games // 3
+    use a third of `num_games`. `config`: the game every table starts from (default: GameConfig()); each table
+    changes only what it is about (the rule, the stopping rule, T and eta, tau)."""
+    default, long_games = config or GameConfig(), num_games // 3
+    vary = lambda **changes: dataclasses.replace(default, **changes)          # noqa: E731
     print(f"Synthetic games, {num_games} per row, seed {seed}: 3 agents, 6 classes, 8 samples per agent; "
           f"eta {default.eta}, T <= {default.max_rounds}, stopping {default.stopping} (patience {default.patience})")
-    runs = {(c, rule): simulate(num_games, c, GameConfig(rule=rule), seed) for c in CORRELATIONS
+    runs = {(c, rule): simulate(num_games, c, vary(rule=rule), seed) for c in CORRELATIONS
             for rule in DELEGATION_RULES}
     methods = ("single agent", "no game", "principal's top")
     for quantity, title in [("principal_utility", "Theorem 1: the principal's expected utility (its score of the "
@@ -185,31 +187,32 @@ def print_theory_checks(num_games: int = 300, seed: int = 0) -> float:
               f"{mean('pareto'):>7.3f} {mean('pareto_chance'):>7.3f} {mean('regret_ratio'):>13.3f} "
               f"{mean('nash_gap'):>9.4f}")
 
-    print("\nStopping rules (product rule, correlation +0.5, eta 0.1, T <= 20):")
-    print(f"  {'stopping':<18} {'rounds':>7} {'stopped':>8} {'ALIGN utility':>14} {'ALIGN accuracy':>15}")
-    for name, config in [(f"argmax, patience {p}", GameConfig(patience=p)) for p in (2, 3, 5)] + \
-                        [("l1, tolerance 1e-3", GameConfig(stopping="l1")), ("none", GameConfig(stopping="none"))]:
+    print(f"\nStopping rules ({default.rule} rule, correlation +0.5, eta {default.eta}, T <= {default.max_rounds}):")
+    print(f"  {'stopping':<20} {'rounds':>7} {'stopped':>8} {'ALIGN utility':>14} {'ALIGN accuracy':>15}")
+    for name, config in [(f"argmax, patience {p}", vary(stopping="argmax", patience=p)) for p in (2, 3, 5)] + \
+                        [(f"l1, tolerance {default.tolerance:g}", vary(stopping="l1")),
+                         ("none", vary(stopping="none"))]:
         s = simulate(num_games, 0.5, config, seed)
-        print(f"  {name:<18} {s['rounds']:>7.2f} {s['converged']:>8.2f} {s['principal_utility']['ALIGN']:>14.3f} "
+        print(f"  {name:<20} {s['rounds']:>7.2f} {s['converged']:>8.2f} {s['principal_utility']['ALIGN']:>14.3f} "
               f"{s['accuracy']['ALIGN']:>15.3f}")
 
-    print(f"\nTheorems 2 and 3 ({long_games} games per row; product rule, correlation +0.5, all T rounds played; "
-          "adversary: 3 actions, the most likely one gets -1, the others +1):")
+    print(f"\nTheorems 2 and 3 ({long_games} games per row; {default.rule} rule, correlation +0.5, all T rounds "
+          "played; adversary: 3 actions, the most likely one gets -1, the others +1):")
     print(f"  {'eta':<6} {'T':>4} {'regret':>8} {'bound':>8} {'over bound':>11} {'regret/T':>9} "
           f"{'adversary':>10} {'its bound':>10} {'Nash gap':>9}")
-    for eta_name, T in [("0.1", 20), ("tuned", 10), ("tuned", 40), ("tuned", 160)]:
-        config = GameConfig(stopping="none", max_rounds=T)
+    for eta_name, T in [(f"{default.eta:g}", default.max_rounds), ("tuned", 10), ("tuned", 40), ("tuned", 160)]:
+        config = vary(stopping="none", max_rounds=T)
         s = simulate(long_games, 0.5, config, seed, tune_eta=eta_name == "tuned")
-        eta = 0.1 if eta_name == "0.1" else tuned_learning_rate(T, 3)
+        eta = default.eta if eta_name != "tuned" else tuned_learning_rate(T, 3)
         adversary = adversarial_regret(Hedge(3, eta), T)
         print(f"  {eta_name:<6} {T:>4} {s['regret']:>8.3f} {s['regret_bound']:>8.3f} {s['regret_over_bound']:>11d} "
               f"{s['regret_per_round']:>9.4f} {adversary:>10.3f} {hedge_regret_bound(T, 3, eta):>10.3f} "
               f"{s['nash_gap']:>9.4f}")
 
-    print(f"\nA noisy principal ({long_games} games per row; Plackett-Luce, product rule, correlation +0.5, eta 0.1, "
-          "T = 20 played): Nash gap of the average policies")
+    print(f"\nA noisy principal ({long_games} games per row; Plackett-Luce, {default.rule} rule, correlation +0.5, "
+          f"eta {default.eta}, T = {default.max_rounds} played): Nash gap of the average policies")
     for tau in (0.25, 1.0):
-        s = simulate(long_games, 0.5, GameConfig(stopping="none", principal_tau=tau), seed)
+        s = simulate(long_games, 0.5, vary(stopping="none", principal_tau=tau), seed)
         print(f"  tau {tau:<5} over the rankings drawn {s['nash_gap']:.4f}   against the noise-free ranking "
               f"{s['nash_gap_noise_free']:.4f}")
 
@@ -432,8 +435,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", metavar="RECORDS.jsonl", help="ORACLE STUDY: replay the records of an evaluate.py "
                         "run with simulated principals of known quality (reads the gold answers)")
-    arguments = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the games (default: 0)")
+    arguments = parser.parse_args()               # `python align.py --simulate` takes the game's flags as well
     if arguments.study:
-        print_study(arguments.study)
+        print_study(arguments.study, seed=arguments.seed)
     else:
-        print_theory_checks()
+        print_theory_checks(seed=arguments.seed)
