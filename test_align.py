@@ -1916,7 +1916,8 @@ def test_simulate_and_study_take_the_commands_seed_and_game_flags(monkeypatch, c
     monkeypatch.undo()
     print_theory_checks(num_games=6, seed=3, config=GameConfig(eta=0.2, max_rounds=12, rule="product01"))
     out = capsys.readouterr().out
-    assert "seed 3" in out and "eta 0.2, T <= 12" in out and "(product01 rule, correlation +0.5, eta 0.2, T <= 12)" in out
+    assert "seed 3" in out and "eta 0.2, T <= 12" in out
+    assert "(product01 rule, correlation +0.5, eta 0.2, T <= 12)" in out
     assert "\n  0.2      12 " in out                # Theorem 2's row at the command's eta and T
 
 
