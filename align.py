@@ -308,13 +308,20 @@ def play_delegation_game(players: list, ranking_for_round: Callable[[int], list]
         "diagnostics": {
             "rounds": T, "converged": converged,
             "regret": regrets, "regret_bound": bounds,                         # Theorem 2
-            "regret_ratio": float(np.mean([r / b if b > 0 else 0.0 for r, b in zip(regrets, bounds)])),
+            # over the agents with a choice (an agent with one class has no regret and a bound of 0): None if none
+            "regret_ratio": mean_or_none([r / b for r, b in zip(regrets, bounds) if b > 0]),
             "nash_gap": gap, "nash_gap_noise_free": noise_free,                # Theorem 3
             "pareto": float(np.mean(flat("pareto"))),                          # Assumption 1(i) ...
             "pareto_chance": float(np.mean(flat("pareto_chance"))),            # ... and its chance level
-            "dominated": float(np.mean(flat("dominated"))) if flat("dominated") else 0.0,
+            "dominated": mean_or_none(flat("dominated")),                      # agents with a choice; None: none
         },
     }
+
+
+def mean_or_none(values: list) -> float | None:
+    """The mean of a diagnostic over the agents it is defined for; None where it is defined for none (every agent
+    had one class), so that a table's average leaves the question out rather than counting it as 0."""
+    return float(np.mean(values)) if values else None
 
 
 # [ours] When to stop before max_rounds. The paper says "stop early at convergence" and no more.
@@ -416,7 +423,7 @@ def print_game(record: dict, answers: list) -> None:
     print(f"  rounds {d['rounds']} (converged: {d['converged']}), regret {np.round(d['regret'], 3).tolist()} "
           f"<= bound {np.round(d['regret_bound'], 2).tolist()}, Nash gap {d['nash_gap']:.4f}, "
           f"Pareto compliance {d['pareto']:.2f} (chance {d['pareto_chance']:.2f}), "
-          f"dominated best responses {d['dominated']:.2f}")
+          f"dominated best responses {'n/a' if d['dominated'] is None else format(d['dominated'], '.2f')}")
 
 
 def validate_solve_config(config: SolveConfig) -> None:

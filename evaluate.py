@@ -455,7 +455,7 @@ def summarize(records: list[dict], methods: list[str]) -> str:
                 line += " " * 16 * len(correlation_columns)
         diagnostics = [r["diagnostics"] for r in rows if r.get("diagnostics")]
         for _, key in diagnostic_columns if diagnostics else ():
-            values = [d[key] for d in diagnostics if key in d]       # records of older runs lack some keys
+            values = [d[key] for d in diagnostics if d.get(key) is not None]   # older runs lack some; None: n/a
             line += f" {sum(values) / len(values):>12.3f}" if values else f" {'n/a':>12}"
         lines.append(line.rstrip())
     if used:

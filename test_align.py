@@ -1598,6 +1598,14 @@ def test_game_edge_cases_abstention_unanimity():
     record = delegate(Pool(["7"], [None], unanimous + [Player("silent", [], np.array([]))]), order, GameConfig())
     assert record["prediction"] == "7" and record["abstained"] == ["silent"]
     assert record["diagnostics"]["rounds"] == 1 and record["diagnostics"]["converged"]
+    # nobody had a choice: no regret ratio and no dominated share to count (not a 0 that pulls a mean down)
+    assert record["diagnostics"]["regret_ratio"] is None and record["diagnostics"]["dominated"] is None
+    # one agent with a choice beside one without: the ratio is that agent's own
+    chooser, single = Player("c", [0, 1], np.array([.6, .4])), Player("s", [1], np.array([1.0]))
+    game = delegate(Pool(["7", "8"], [None, None], [chooser, single]), PrincipalOrder(["7", "8"], [.9, .1], [0, 1]),
+                    GameConfig(stopping="none", max_rounds=5))["diagnostics"]
+    assert game["regret_bound"][1] == 0 and game["regret_bound"][0] > 0
+    assert game["regret_ratio"] == pytest.approx(game["regret"][0] / game["regret_bound"][0])
     nobody = delegate(Pool([], [], [Player("silent", [], np.array([]))]), None, GameConfig())
     assert nobody["prediction"] is None and nobody["diagnostics"] is None
 

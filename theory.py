@@ -139,7 +139,7 @@ def simulate(num_games: int, correlation: float, config: GameConfig, seed: int =
     return {"measured_correlation": float(np.corrcoef(principal_side, agent_side)[0, 1]),
             "principal_utility": {m: float(np.mean(v)) for m, v in utility.items()},
             "accuracy": {m: float(np.mean(v)) for m, v in accuracy.items()},
-            **{key: float(np.mean(v)) for key, v in diagnostics.items()},
+            **{key: float(np.mean([x for x in v if x is not None])) for key, v in diagnostics.items()},
             "regret": float(np.mean(regrets)), "regret_bound": float(np.mean(bounds)),
             "regret_per_round": float(np.mean(per_round)),
             "regret_over_bound": int(sum(r > b + 1e-9 for r, b in zip(regrets, bounds)))}
