@@ -83,11 +83,19 @@ def rank_program(principal, question: str, kind: str, answers: list, solutions: 
     if mode == "score" or m == 1 and mode != "likelihood":
         return PrincipalOrder(answers, verification, by_score, mode)
     if mode == "listwise":
+        # [ours] Letters name the candidates, so at most 26 (beyond that, the score order). The format's example
+        # is the letters in a seeded random order: a small model may copy it, and an example in a fixed order (it
+        # was the pool order reversed) would then put that order, the same on every question, in place of the
+        # principal's. (Refusing a reply that equals the example would refuse half the genuine rankings of two
+        # candidates.) The reply may take ~3 tokens a candidate.
+        if m > len(string.ascii_uppercase):
+            return PrincipalOrder(answers, verification, by_score, mode, parse_failed=True)
         letters = string.ascii_uppercase[:m]
+        example = [int(k) for k in np.random.default_rng([seed, m]).permutation(m)]
         listing = "\n\n".join(f"({x}) {s}" for x, s in zip(letters, solutions))
         prompt = principal.chat(LISTWISE_PROMPT.format(m=m, question=question, candidates=listing,
-                                                       example=" > ".join(reversed(letters))))
-        [[reply]] = yield [Request(principal, prompt, max_new_tokens=32, seed=seed)]
+                                                       example=" > ".join(letters[k] for k in example)))
+        [[reply]] = yield [Request(principal, prompt, max_new_tokens=max(32, 8 + 3 * m), seed=seed)]
         parsed = parse_listwise(reply.text, m)
         return PrincipalOrder(answers, verification, parsed or by_score, mode, parse_failed=parsed is None,
                               reply=reply.text)

@@ -1569,6 +1569,16 @@ def test_principal_orders_by_score_and_survives_an_unparseable_reply():
     assert rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise").order == [2, 0, 1]
     fake.reply = "B > C > A"
     assert rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise").order == [1, 2, 0]
+    # the format's example is a seeded order, not the pool order reversed (a copying model's reply, the same on
+    # every question): over 12 seeds it takes several orders, the same one for the same seed
+    def example(seed):
+        rank_classes(fake, "q", ["x", "y", "z"], ["sol-x", "sol-y", "sol-z"], "listwise", seed=seed)
+        return fake.prompts[-1].split("for example: ")[1].split("\n")[0]
+    assert len({example(seed) for seed in range(12)}) > 2 and example(5) == example(5)
+    many = [f"a{k}" for k in range(27)]                     # more candidates than letters: the score order
+    wide = rank_classes(FakeLLM(yes_logprob=lambda p: -float(p.count("1"))), "q", many, [f"sol-{a}" for a in many],
+                        "listwise")
+    assert wide.parse_failed and wide.order == sorted(range(27), key=lambda k: -wide.scores[k])
 
 
 def test_counterfactual_utilities_and_nash_gap_by_hand():
