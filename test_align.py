@@ -2030,6 +2030,36 @@ def test_mlpo_train_runs_and_saves_a_loadable_leader(tiny_model_dir, tmp_path):
     assert trained.sample(trained.chat("hi"), 1, max_new_tokens=4) is not None
 
 
+def test_the_trained_leader_is_float32_whatever_the_machines_default(tiny_model_dir, monkeypatch):
+    """On a GPU a model loads in bf16, where an AdamW step at the trainers' learning rate (1e-5) is under half of the
+    spacing near most weights: a bf16 leader would train and save almost unchanged. `train` and `sft` hold the
+    leader (and the KL reference) in --dtype, float32 by default."""
+    for dtype, moved in (("bfloat16", lambda share: share < 0.2), ("float32", lambda share: share > 0.9)):
+        leader = llm.load_llm(tiny_model_dir, device="cpu", dtype=dtype, fresh=True)
+        before = [p.detach().clone() for p in leader.model.parameters()]
+        ids = torch.tensor([leader.encode("Tom has 3 apples and buys 5 more. He has 8.")])
+        leader.model(input_ids=ids, labels=ids).loss.backward()
+        torch.optim.AdamW(leader.model.parameters(), lr=1e-5).step()
+        changed = sum((a != b).sum().item() for a, b in zip(before, leader.model.parameters()))
+        assert moved(changed / sum(p.numel() for p in before)), (dtype, changed)
+
+    class Stop(Exception):
+        pass
+    loaded = []
+    monkeypatch.setattr(mlpo, "load_llm", lambda name, device=None, dtype=None, fresh=False: loaded.append(
+        (dtype, fresh)))
+    monkeypatch.setattr(mlpo, "load_problems", lambda *args, **kwargs: [])
+    monkeypatch.setattr(mlpo, "make_agents", lambda *args, **kwargs: [])
+    monkeypatch.setattr(mlpo, "build_pool", lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
+    for run, config in ((mlpo.train, mlpo.TrainConfig(model=tiny_model_dir, kl_coef=0.1)),
+                        (mlpo.sft, mlpo.SFTConfig(model=tiny_model_dir))):
+        loaded.clear()
+        with pytest.raises(Stop):
+            run(config)
+        assert loaded and all(entry == ("float32", True) for entry in loaded), (run.__name__, loaded)
+    assert len(loaded) == 1 and mlpo.TrainConfig().dtype == "float32"   # sft: the leader; train: and its reference
+
+
 # ---------------------------------------------------------------- mlpo.py sft (issue 12)
 
 def test_sft_loss_equals_a_hand_computation(tiny_llm):
@@ -2191,6 +2221,7 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("mlpo.py", ["train", "--device", "nonsense"], "is not a device"),
     ("mlpo.py", ["train", "--model", "/no/such/path"], "does not exist"),
     ("mlpo.py", ["sft", "--learning-rate", "0"], "--learning-rate must be positive"),
+    ("mlpo.py", ["train", "--dtype", "float64"], "--dtype must be one of float32, bfloat16, float16 (got 'float64')"),
 ] + ([("evaluate.py", ["--device", "cuda"], "--device cuda: no GPU is visible here"),
       ("mlpo.py", ["train", "--device", "cuda"], "no GPU is visible here")] if not torch.cuda.is_available() else [])
 
