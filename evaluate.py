@@ -36,9 +36,9 @@ from align import (GameConfig, delegate, pool_classes, principal_order_program, 
                    with_preset_defaults)
 from data import DataError, DATASETS, load_problems
 from engine import BATCH_SIZE, IN_FLIGHT, IN_FLIGHT_CPU, Request, keep_big_blocks_in_mmap, run_programs
-from llm import (PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype, check_model_name,
-                 cuda_available, derive_seed, describe_models, load_llm, option, parse_configs, print_config, require,
-                 require_at_least, spent)
+from llm import (DEFAULT_DTYPE, PRESETS, ConfigError, ModelLoadError, add_costs, check_device_and_dtype,
+                 check_model_name, cuda_available, derive_seed, describe_models, load_llm, option, parse_configs,
+                 print_config, require, require_at_least, spent)
 from mcts import SearchConfig, make_agents, search_all, validate_search_config
 from mlpo import LeaderConfig, lead_program, validate_leader_config
 from utility import Sample, extract_answer, is_correct, majority_answer
@@ -148,7 +148,6 @@ class Context:
         self.device = device or config.device
         self._agents, self._principal, self._leader = agents, principal, leader
         self.role_model = None          # a NAME@MODEL row: MODEL plays the principal and the leader
-        self.roles_used = set()
         self.shared = SharedWork()
         self.seconds_loading = 0.0      # wall time spent loading models (no method is charged for it)
 
@@ -171,7 +170,6 @@ class Context:
 
     @property
     def principal(self):
-        self.roles_used.add("principal")
         if self.role_model:
             return self._load(self.role_model)
         if self._principal is None:
@@ -181,7 +179,6 @@ class Context:
 
     @property
     def leader(self):
-        self.roles_used.add("leader")
         if self.role_model:
             return self._load(self.role_model)
         if self._leader is None:
@@ -325,7 +322,9 @@ METHODS = {"cot": method_cot, "sc": method_sc, "mcts": method_mcts, "vote": meth
            "principal": method_principal, "align": method_align,
            "leader": method_leader, "leader-solo": method_leader_solo}
 # A method named NAME@MODEL runs NAME with MODEL as its principal and its leader: e.g.
-# `--methods leader,leader@checkpoints/leader` puts an untrained and a trained leader side by side.
+# `--methods leader,leader@checkpoints/leader` puts an untrained and a trained leader side by side. Only the methods
+# that use a principal or a leader take @MODEL (a new method that uses ctx.principal or ctx.leader joins the list).
+WITH_A_MODEL = ("principal", "align", "leader", "leader-solo")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -334,6 +333,10 @@ def parse_methods(text: str) -> list[str]:
     unknown = [m for m in methods if m.partition("@")[0] not in METHODS or m.endswith("@")]
     if unknown:
         raise DataError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)} (and NAME@MODEL).")
+    idle = [m for m in methods if "@" in m and m.partition("@")[0] not in WITH_A_MODEL]
+    if idle:
+        raise DataError(f"{idle[0]}: {idle[0].partition('@')[0]} uses neither a principal nor a leader, so @MODEL "
+                        f"would change nothing; @MODEL goes with {', '.join(WITH_A_MODEL)}.")
     duplicates = sorted({m for m in methods if methods.count(m) > 1})
     if duplicates:
         raise DataError(f"method(s) {duplicates} listed twice in --methods; list each once.")
@@ -360,13 +363,20 @@ def read_records(path: str) -> list[dict]:
     records = []
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and "problem_id" in record:     # not the settings line
-                    records.append(record)
+            try:
+                lines = f.readlines()
+            except UnicodeDecodeError:
+                raise DataError(f"{path} is not a records file (not UTF-8 text); pass --overwrite to start it again "
+                                f"or --output to write elsewhere.") from None
+        for line in lines:
+            if not line.endswith("\n"):              # cut short (drop_partial_last_line cuts it): run it again
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "problem_id" in record and "method" in record:   # not the settings
+                records.append(record)
     return records
 
 
@@ -479,16 +489,13 @@ def run_methods(problems: list, methods: list, ctx: Context, write, done: set = 
         if all((p["id"], method) in done for p in problems):
             continue
         base, _, role_model = method.partition("@")
-        ctx.role_model, ctx.roles_used = role_model or None, set()
+        ctx.role_model = role_model or None
         ctx.shared.start_method()
         before = [spent(p["id"]) for p in public]
         start, loading = time.perf_counter(), ctx.seconds_loading
         results = METHODS[base](public, ctx)
         own_seconds = (time.perf_counter() - start - ctx.shared.seconds_computing
                        - (ctx.seconds_loading - loading)) / len(problems)
-        if role_model and not ctx.roles_used:
-            raise DataError(f"{method}: {base} uses neither a principal nor a leader, so @MODEL would change "
-                            f"nothing; @MODEL goes with principal, align, leader or leader-solo.")
         for problem, result, earlier in zip(problems, results, before):
             own = {k: v - earlier[k] for k, v in spent(problem["id"]).items()}
             cost = add_costs(own, ctx.shared.charge(problem["id"]))
@@ -509,7 +516,7 @@ def record_settings(config: EvalConfig, search: SearchConfig, game: GameConfig, 
     """The settings that shape a record: an output file carries them on its first line, and `--resume` refuses
     to mix records made with other ones. (Left out: what only says which records to make or where -- methods,
     limit, output, data folder -- and the batch size, the problems in flight and the device, which change no record
-    beyond float rounding.)"""
+    beyond float rounding. The dtype is in: `run` passes the one that runs, the machine's default if not given.)"""
     kept = {k: v for k, v in dataclasses.asdict(config).items()
             if k not in ("methods", "limit", "output", "resume", "overwrite", "data_dir", "device", "batch_size",
                          "in_flight", "progress")}
@@ -519,12 +526,12 @@ def record_settings(config: EvalConfig, search: SearchConfig, game: GameConfig, 
 def read_settings(path: str) -> dict | None:
     """The settings line of an output file (None: the file has none)."""
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:                    # the first line alone (read_records reports bad bytes later)
             try:
-                first = json.loads(f.readline() or "{}")
-            except json.JSONDecodeError:
+                first = json.loads(f.readline().decode("utf-8") or "{}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 return None
-            return first.get("settings")
+            return first.get("settings") if isinstance(first, dict) else None
     return None
 
 
@@ -542,11 +549,22 @@ def check_resume(path: str, settings: dict) -> None:
                         f"settings, or pass --output to write elsewhere.")
 
 
-def resume_command() -> str:
-    """The command line that continues this run."""
+def resume_command(world: int = 1) -> str:
+    """The command line that continues this run (as many processes as it had: torchrun when more than one)."""
     args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
-    return " ".join(shlex.quote(a) for a in ["python", os.path.basename(sys.argv[0]) or "evaluate.py", *args,
+    launcher = ["python"] if world == 1 else ["torchrun", f"--nproc-per-node={world}"]
+    return " ".join(shlex.quote(a) for a in [*launcher, os.path.basename(sys.argv[0]) or "evaluate.py", *args,
                                              "--resume"])
+
+
+def rank_files_of(output: str) -> list[str]:
+    """The per-process files of a data-parallel run writing `output` (output.rank0, ...), whatever its size: a run
+    resumed with another number of processes still finds them, counts their records as done and merges them."""
+    folder, name = os.path.split(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        return []
+    ranks = [f for f in os.listdir(folder) if f.startswith(name + ".rank") and f[len(name) + 5:].isdigit()]
+    return [os.path.join(os.path.dirname(output), f) for f in sorted(ranks, key=lambda f: int(f[len(name) + 5:]))]
 
 
 def batch_and_window(config: EvalConfig, machine: str) -> tuple[int, int | None]:
@@ -576,14 +594,20 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     split = "" if config.split == "test" else f"-{config.split}"
     output = config.output or os.path.join("runs", f"{config.dataset.replace(':', '_')}{split}-{config.preset}-"
                                                    f"seed{config.seed}.jsonl")
-    rank_files = [f"{output}.rank{r}" for r in range(world)] if world > 1 else []
-    if os.path.exists(output) and not (config.resume or config.overwrite):  # every rank stops, none hangs
-        raise DataError(f"{output} exists: pass --resume to continue it, --overwrite to start again, "
-                        f"or --output to write elsewhere.")
-    settings = record_settings(config, search, game, leader_config)
+    my_rank_file = f"{output}.rank{rank}" if world > 1 else None
+    if (os.path.exists(output) or rank_files_of(output)) and not (config.resume or config.overwrite):
+        raise DataError(f"{output} exists: pass --resume to continue it, --overwrite to start again, "   # every rank
+                        f"or --output to write elsewhere.")                                            # stops
+    device = config.device
+    machine = "cuda" if str(device or "").startswith("cuda") or (device is None and cuda_available()) else "cpu"
+    # the settings name the dtype that runs (a GPU's bf16 and a CPU's fp32 write different text, so a file is
+    # not continued in the other)
+    settings = record_settings(dataclasses.replace(config, dtype=config.dtype or DEFAULT_DTYPE[machine]), search,
+                               game, leader_config)
     if config.resume and not config.overwrite:
         check_resume(output, settings)
-    device = config.device
+    problems = [{**p, "dataset": config.dataset}        # before anything is written: a data error leaves no file
+                for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed, config.split)]
     if world > 1:
         import torch
         import torch.distributed as dist
@@ -592,7 +616,7 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
         dist.barrier()  # rank 0 has checked the output file before anyone writes
     if config.overwrite and rank == 0:
-        for path in [output] + rank_files:
+        for path in [output] + rank_files_of(output):
             if os.path.exists(path):
                 os.remove(path)
     if rank == 0 and (not os.path.exists(output) or os.path.getsize(output) == 0):
@@ -601,11 +625,9 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
             f.write(json.dumps({"settings": settings}) + "\n")
     if world > 1:
         dist.barrier()
-    problems = [{**p, "dataset": config.dataset}
-                for p in load_problems(config.dataset, config.data_dir, config.limit, config.seed, config.split)]
+    rank_files = rank_files_of(output)            # this run's, and any a run with another number of processes left
     done = {(r["problem_id"], r["method"]) for path in [output] + rank_files for r in read_records(path)}
     mine = problems[rank::world]
-    machine = "cuda" if str(device or "").startswith("cuda") or (device is None and cuda_available()) else "cpu"
     batch_size, in_flight = batch_and_window(config, machine)
     config = dataclasses.replace(config, in_flight=in_flight)
     batches = [mine[k:k + batch_size] for k in range(0, len(mine), batch_size)]
@@ -616,7 +638,7 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
               f"{f', {config.in_flight} at once' if config.in_flight else ''}; "
               f"writing {output}")
     ctx = Context(config, search, game, leader_config, device=device)
-    my_file = rank_files[rank] if world > 1 else output
+    my_file = my_rank_file or output
     drop_partial_last_line(my_file)
     written = 0
     try:
@@ -636,19 +658,21 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
     except KeyboardInterrupt:
         safe = len(read_records(my_file))
         raise SystemExit(f"interrupted: {safe} records are safe in {my_file} ({written} written by this run); "
-                         f"continue with: {resume_command()}") from None
+                         f"continue with: {resume_command(world)}") from None
     if world > 1:
         dist.barrier()
-        if rank == 0:  # merge the ranks' records into the one output file
-            drop_partial_last_line(output)
-            merged = {(r["problem_id"], r["method"]) for r in read_records(output)}
-            with open(output, "a", encoding="utf-8") as out:
-                for path in rank_files:
-                    for r in read_records(path):
-                        if (r["problem_id"], r["method"]) not in merged:
-                            out.write(json.dumps(r) + "\n")
-                            merged.add((r["problem_id"], r["method"]))
-                    os.remove(path)
+    if rank == 0:  # merge the ranks' records (this run's, or an earlier run's) into the one output file
+        drop_partial_last_line(output)
+        merged = {(r["problem_id"], r["method"]) for r in read_records(output)}
+        with open(output, "a", encoding="utf-8") as out:
+            for path in rank_files_of(output):
+                for r in read_records(path):
+                    if (r["problem_id"], r["method"]) not in merged:
+                        out.write(json.dumps(r) + "\n")
+                        merged.add((r["problem_id"], r["method"]))
+                out.flush()
+                os.remove(path)
+    if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     wanted = {p["id"] for p in problems}
@@ -677,6 +701,8 @@ def validate_eval_config(config: EvalConfig, search: SearchConfig, game: GameCon
         raise ConfigError("--resume continues the output file and --overwrite starts it afresh; pass one of them")
     if config.data_dir and not os.path.isdir(config.data_dir):
         raise ConfigError(f"--data-dir {config.data_dir}: no such folder; pass the folder holding the dataset files")
+    if config.output and os.path.isdir(config.output):
+        raise ConfigError(f"--output {config.output} is a folder; pass a file name, e.g. {config.output}/run.jsonl")
     check_device_and_dtype(config.device, config.dtype)
     for name in [config.model, config.principal_model, config.leader] + [m.partition("@")[2] for m in methods]:
         if name:

@@ -109,13 +109,16 @@ def check_device_and_dtype(device: str | None = None, dtype: str | None = None) 
         raise ConfigError(f"--device {device}: models run on cpu, cuda or mps here, not {kind.type}")
 
 
+DEFAULT_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}   # a model's dtype when --dtype is left out, by machine
+
+
 def default_device_and_dtype(device: str | None = None, dtype: str | None = None):
     """cuda + bf16 when a GPU is present, CPU + fp32 otherwise; either can be overridden (and is checked)."""
     check_device_and_dtype(device, dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
-        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        dtype = DEFAULT_DTYPE["cuda" if str(device).startswith("cuda") else "cpu"]
     return torch.device(device), getattr(torch, dtype)
 
 

@@ -1311,6 +1311,63 @@ def test_torchrun_data_parallel_merges_ranks(tiny_model_dir, tmp_path):
     assert result.stdout.count("\ncot ") == 1                              # one table, from rank 0
 
 
+def test_a_data_parallel_run_resumed_in_one_process_keeps_its_ranks_records(tiny_model_dir, tmp_path):
+    """A torchrun run stopped part-way leaves its records in output.rankN files; resumed with any number of
+    processes (the printed command keeps torchrun), they count as done and are merged, and the rank files go. A
+    last record that lacks its newline (a write cut short) is not counted as done, so it is run again, not lost."""
+    args = ["evaluate.py", "--dataset", "arith", "--methods", "cot", "--limit", "4", "--model", tiny_model_dir,
+            "--max-new-tokens", "8", "--no-progress", "--device", "cpu"]
+    whole = tmp_path / "whole.jsonl"
+    run_cli(*args, "--output", str(whole))
+    settings, *lines = whole.read_text().splitlines(keepends=True)
+    by_problem = {json.loads(line)["problem_id"]: line for line in lines}
+    part = tmp_path / "part.jsonl"
+    part.write_text(settings + by_problem["arith-test-0-1"].rstrip("\n"))     # complete, but its newline never came
+    (tmp_path / "part.jsonl.rank0").write_text(by_problem["arith-test-0-0"] + by_problem["arith-test-0-2"])
+    (tmp_path / "part.jsonl.rank1").write_text(by_problem["arith-test-0-3"][:25])   # cut short
+    out = run_cli(*args, "--output", str(part), "--resume")
+    assert "2 problems already done" in out
+    assert _comparable(read_records(str(part))) == _comparable(read_records(str(whole)))
+    assert len(read_records(str(part))) == 4 and not [p for p in os.listdir(tmp_path) if ".rank" in p]
+    old, sys.argv = sys.argv, ["evaluate.py", "--dataset", "arith", "--output", "r.jsonl"]
+    try:
+        assert evaluate.resume_command(2).startswith("torchrun --nproc-per-node=2 evaluate.py --dataset arith")
+        assert evaluate.resume_command().startswith("python evaluate.py") and evaluate.resume_command().endswith(
+            "--resume")
+    finally:
+        sys.argv = old
+
+
+def test_a_bad_output_file_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "Context", lambda *args, **kwargs: pytest.fail("it went on to load models"))
+    listed = tmp_path / "list.jsonl"                            # JSON, but not the settings object
+    listed.write_text("[1, 2]\n")
+    assert "no settings line" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(listed),
+                                                                "--resume"])
+    settings = json.dumps({"settings": evaluate.record_settings(EvalConfig(dataset="arith", dtype="float32"),
+                                                                SearchConfig(), GameConfig(principal_mode="likelihood"),
+                                                                mlpo.LeaderConfig())})
+    latin = tmp_path / "latin1.jsonl"                           # the settings line, then bytes that are not UTF-8
+    latin.write_bytes(settings.encode() + b"\n\xe9t\xe9\n")
+    assert "not UTF-8" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(latin), "--resume"])
+    assert "is a folder" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(tmp_path)])
+    records = tmp_path / "no-method.jsonl"                      # a line with a problem id but no method is no record
+    records.write_text(settings + "\n" + json.dumps({"problem_id": "arith-test-0-0"}) + "\n")
+    assert read_records(str(records)) == []
+    stale = tmp_path / "stale.jsonl.rank0"                      # an earlier run's rank file alone: it is not clobbered
+    stale.write_text("")
+    assert "exists: pass --resume" in one_line_error(evaluate.main, ["--dataset", "arith", "--output",
+                                                                     str(tmp_path / "stale.jsonl")])
+
+
+def test_a_data_error_leaves_no_output_file(tmp_path):
+    output = tmp_path / "r.jsonl"
+    bad = subprocess.run([sys.executable, "evaluate.py", "--dataset", "bbh:nonsense", "--limit", "1", "--output",
+                          str(output)], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "unknown bbh task(s) ['nonsense']" in bad.stderr.strip().splitlines()[-1]
+    assert not output.exists()                  # so the corrected command runs without --resume or --overwrite
+
+
 def test_evaluate_end_to_end_on_the_embedded_model(tmp_path):
     output = tmp_path / "e2e.jsonl"
     out = run_cli("evaluate.py", "--dataset", "arith", "--methods", "cot,sc", "--limit", "2",
@@ -2197,6 +2254,7 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("evaluate.py", ["--principal-tau", "nan"], "--principal-tau must be at least 0 (got nan)"),
     ("evaluate.py", ["--methods", "cot,cot"], "listed twice"),
     ("evaluate.py", ["--methods", "cot,nope"], "unknown method"),
+    ("evaluate.py", ["--methods", "vote@some/model"], "vote@some/model: vote uses neither a principal nor a leader"),
     ("evaluate.py", ["--dataset", "nope"], "--dataset must be one of"),
     ("evaluate.py", ["--preset", "huge"], "--preset must be one of tiny, paper"),
     ("evaluate.py", ["--resume", "--overwrite"], "pass one of them"),
