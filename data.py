@@ -156,25 +156,36 @@ def unpack_archive(prefix: str, relative: str) -> None:
         os.remove(tarball)                # [ours] the rest of the tarball is not needed again
 
 
+def read_text(path: str) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error naming the file and the line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 ({error.reason}).") from None
+
+
 def read_jsonl(path: str, required: tuple) -> list[dict]:
     """The records of a JSONL file, each checked for the `required` fields (each a non-empty string or a number)."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}).") from None
-            missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
-            if missing:
-                raise DataError(f"{path}, line {number}: missing field(s) {missing}; expected {list(required)}.")
-            empty = [k for k in required if not is_a_value(record[k])]
-            if empty:
-                raise DataError(f"{path}, line {number}: field(s) {empty} hold {[record[k] for k in empty]}; each "
-                                f"of {list(required)} must be a non-empty string or a number.")
-            records.append(record)
+    lines = read_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")   # as a text-mode file reads
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}).") from None
+        missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
+        if missing:
+            raise DataError(f"{path}, line {number}: missing field(s) {missing}; expected {list(required)}.")
+        empty = [k for k in required if not is_a_value(record[k])]
+        if empty:
+            raise DataError(f"{path}, line {number}: field(s) {empty} hold {[record[k] for k in empty]}; each "
+                            f"of {list(required)} must be a non-empty string or a number.")
+        records.append(record)
     if not records:
         raise DataError(f"no problems in {path}: the file holds no records.")
     return records
@@ -189,8 +200,7 @@ def is_a_value(value) -> bool:
 def read_json_examples(path: str, required: tuple) -> list[dict]:
     """The `examples` list of a BBH file (`{"canary": ..., "examples": [{"input": ..., "target": ...}, ...]}`),
     each example checked for the `required` string fields. BBH's files are one line: an error names the example."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -215,8 +225,7 @@ def read_cot_prompt(path: str) -> tuple[str, list[tuple[str, str]]]:
     exemplars separated by blank lines, each `Q: <question>` then `A: Let's think step by step. ... So the
     answer is X.`
     """
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = read_text(path).split("\n")
     if len(lines) < 4 or lines[1].strip() != "-----" or not lines[2].strip():
         raise DataError(f"{path}, line 2: expected a canary line, a '-----' line, then the task description.")
     starts = [n for n, line in enumerate(lines) if line.startswith("Q: ")]
@@ -236,13 +245,7 @@ def read_csv_rows(path: str, fields: int, check=None) -> list[list[str]]:
     """The rows of a headerless CSV file, each with exactly `fields` fields and passing `check(row)` (which returns
     what is wrong, or None). Fields may hold newlines and line endings may be mixed (MMLU), so the csv module reads
     the file, never a split on lines. An error names the row and the line it starts on."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise DataError(f"{path}, line {line}: not UTF-8 ({error.reason}).") from None
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows, first_line = [], 1
     try:
@@ -300,7 +303,7 @@ def math500(data_dir: str | None = None, split: str = "test", seed: int = 0) -> 
      polar coordinates. ...", "answer": "\\left( 3, \\frac{\\pi}{2} \\right)", "kind": "math"}
     """
     rows = read_jsonl(dataset_file("math500/test.jsonl", data_dir), ("problem", "answer"))
-    return [{"id": r.get("unique_id", f"math500-{i}"), "question": r["problem"], "answer": r["answer"],
+    return [{"id": str(r.get("unique_id", f"math500-{i}")), "question": r["problem"], "answer": str(r["answer"]),
              "kind": "math"} for i, r in enumerate(rows)]
 
 
@@ -458,6 +461,9 @@ def load_problems(name: str, data_dir: str | None = None, limit: int | None = No
         raise DataError(f"unknown {name} task(s) {unknown}; choose from: {', '.join(SUBSETS[name])}.")
     problems = loader(data_dir, split=split, seed=seed, subset=subset) if subset else \
         loader(data_dir, split=split, seed=seed)
+    repeated = [i for i, n in collections.Counter(p["id"] for p in problems).items() if n > 1]
+    if repeated:              # records, resume and the searches methods share are all keyed by the problem's id
+        raise DataError(f"{name}: problem id(s) {repeated[:3]} appear more than once; give each problem its own id.")
     return problems[:limit] if limit is not None else problems
 
 

@@ -2357,6 +2357,29 @@ def test_empty_data_files_and_null_answers_name_the_file_and_line(tmp_path):
     assert len(load_problems("arith", limit=1)) == 1
 
 
+def test_bytes_that_are_not_utf8_numeric_answers_and_repeated_ids_in_data_files(tmp_path):
+    def write(relative, data: bytes):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    write("gsm8k/test.jsonl", b'{"question": "q", "answer": "1 #### 1"}\n{"question": "caf\xe9", "answer": "#### 2"}\n')
+    with pytest.raises(DataError, match=r"gsm8k/test.jsonl, line 2: not UTF-8"):
+        load_problems("gsm8k", str(tmp_path))
+    write("bbh/navigate.json", b'{"examples": [{"input": "\xff", "target": "Yes"}]}')
+    with pytest.raises(DataError, match=r"bbh/navigate.json, line 1: not UTF-8"):
+        load_problems("bbh:navigate", str(tmp_path))
+    write("math500/test.jsonl", b'{"problem": "1 + 1?", "answer": 2, "unique_id": "a"}\n')
+    (problem,) = load_problems("math500", str(tmp_path))          # a number is a gold answer, kept as text
+    assert problem["answer"] == "2" and is_correct("2", problem["answer"], "math")
+    write("math500/test.jsonl", b'{"problem": "1 + 1?", "answer": "2", "unique_id": "a"}\n'
+                                b'{"problem": "2 + 2?", "answer": "4", "unique_id": "a"}\n')
+    with pytest.raises(DataError, match=r"math500: problem id\(s\) \['a'\] appear more than once"):
+        load_problems("math500", str(tmp_path))
+    line = '{"question": "caf\u2028e", "answer": "#### 2"}\r\n'   # a JSON string may hold U+2028; CRLF ends lines
+    write("gsm8k/test.jsonl", line.encode() * 2)
+    assert [p["question"] for p in load_problems("gsm8k", str(tmp_path))] == ["caf\u2028e"] * 2
+
+
 def test_an_empty_data_file_stops_evaluate_before_any_model(tmp_path, monkeypatch):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "test.jsonl").write_text("")
