@@ -716,8 +716,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         model = load_llm(args.model, device=args.device)
-    except ModelLoadError as error:
-        raise SystemExit(f"error: {error}")
+    except (ConfigError, ModelLoadError) as error:
+        raise SystemExit(f"error: {error}") from None
     if args.benchmark:
         benchmark(model)
     else:

@@ -103,7 +103,8 @@ class LeaderConfig:
     """The MLPO leader at inference (methods leader and leader-solo)."""
     leader_rounds: int = option(5, "[ours] T: rounds of team answers and leader aggregation")
     leader_temperature: float = option(0.0, "[ours] the leader's temperature at inference (0: greedy)")
-    leader_max_new_tokens: int = option(256, "[ours] max new tokens of a leader reply or an agent revision")
+    leader_max_new_tokens: int = option(256, "[ours] max new tokens of every answer in the leader's rounds: the "
+                                             "team's first answers, the leader's replies, the agents' revisions")
     strict_format: bool = option(False, "[ours] read only a tagged <answer> (else fall back to extract_answer)")
 
 
@@ -173,7 +174,8 @@ class TrainConfig:
     prompts_per_step: int = option(1, "prompts (groups) per step")
     group_size: int = option(4, "G: leader samples per prompt")
     temperature: float = option(1.0, "[ours] the leader's sampling temperature in training")
-    max_new_tokens: int = option(96, "[ours] max new tokens of a sampled leader reply")
+    max_new_tokens: int = option(96, "[ours] max new tokens of a sampled leader reply, and of each team response "
+                                     "in the offline pool (the loss's normaliser is G x this)")
     learning_rate: float = option(1e-5, "[ours] AdamW learning rate")
     clip_epsilon: float = option(0.2, "[ours] PPO clipping range")
     kl_coef: float = option(0.0, "[ours] weight of the KL to the starting model (0: none, as in Dr. GRPO)")
@@ -203,6 +205,9 @@ def check_config(config, *at_least_one: str) -> None:
     if hasattr(config, "kl_coef"):
         require(config, "kl_coef", lambda value: value >= 0, "at least 0", "0 is no KL term")
     check_device_and_dtype(config.device, config.dtype)
+    if os.path.exists(config.output) and not os.path.isdir(config.output):
+        raise ConfigError(f"--output {config.output} is a file; the trained leader is saved to a folder (give a new "
+                          f"or existing folder)")
     for name in ("model", "leader"):
         if getattr(config, name):
             check_model_name(getattr(config, name))

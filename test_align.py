@@ -2280,6 +2280,8 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("mlpo.py", ["train", "--model", "/no/such/path"], "does not exist"),
     ("mlpo.py", ["sft", "--learning-rate", "0"], "--learning-rate must be positive"),
     ("mlpo.py", ["train", "--dtype", "float64"], "--dtype must be one of float32, bfloat16, float16 (got 'float64')"),
+    ("mlpo.py", ["train", "--output", os.path.join(HERE, "README.md")], "README.md is a file; the trained leader is"),
+    ("mlpo.py", ["sft", "--output", os.path.join(HERE, "README.md")], "README.md is a file"),
 ] + ([("evaluate.py", ["--device", "cuda"], "--device cuda: no GPU is visible here"),
       ("mlpo.py", ["train", "--device", "cuda"], "no GPU is visible here")] if not torch.cuda.is_available() else [])
 
@@ -2315,7 +2317,7 @@ def test_bad_input_gets_one_line_before_any_model_or_data(script, args, says, no
 
 def test_bad_input_on_the_command_line_is_one_line_on_stderr_in_seconds():
     cases = [["evaluate.py", "--limit", "0"], ["align.py", "--kind", "nonsense"], ["mcts.py", "--rollouts", "0"],
-             ["mlpo.py", "train", "--group-size", "0"]] + ([["evaluate.py", "--device", "cuda"]]
+             ["mlpo.py", "train", "--group-size", "0"], ["llm.py", "--device", "nonsense"]] + ([["evaluate.py", "--device", "cuda"]]
                                                            if not torch.cuda.is_available() else [])
     for args in cases:
         start = time.perf_counter()
