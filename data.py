@@ -399,7 +399,8 @@ ARITH_SIZE = {"test": 200, "train": 1000}
 
 
 def arith(data_dir: str | None = None, split: str = "test", seed: int = 0, count: int | None = None) -> list[dict]:
-    """`count` generated word problems (200 test, 1000 train by default); train never repeats a test question.
+    """`count` generated word problems (200 test, 1000 train by default); train never repeats a test question of
+    the same seed (the test split of another seed is other problems, and train does not hold those out).
 
     {"id": "arith-test-0-0", "question": "Farid buys 8 boxes with 2 shells in each box. How many shells does
      Farid buy?", "answer": "16", "kind": "number"}
