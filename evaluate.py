@@ -11,8 +11,8 @@ tokens, wall seconds. Work several methods use -- the agents' searches, the prin
 once per problem and charged in full to every method that uses it (`SharedWork`, the one charging rule),
 so every row of the table says what that method would spend on its own.
 
-Output: one JSONL record per (problem, method), appended and flushed as it goes; `--resume` skips what is
-done, so a run killed half-way loses nothing. At the end: accuracy with a 95% Wilson interval, and cost
+Output: one JSONL record per (problem, method), appended and flushed as each batch's method finishes; `--resume`
+skips what is done and re-runs an unfinished batch whole, so a run killed half-way loses no finished batch. At the end: accuracy with a 95% Wilson interval, and cost
 per question. Every random choice is seeded from (--seed, problem id, purpose), so a resumed run and an
 uninterrupted one give the same records.
 
