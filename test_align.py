@@ -1455,6 +1455,21 @@ def test_mcts_visits_and_rewards_equal_a_hand_computation():
     assert b.expanded is False and a1.terminal and a1.solution.trace == "A\nA1 The answer is 1."
 
 
+def test_a_step_that_completes_a_solution_again_is_a_sample_again():
+    """Three first steps, two of them the same answer: U follows the agent's samples, 2/3 and 1/3 (it was 1/2 and
+    1/2 when repeats were dropped). A repeated partial step is still one node."""
+    fake = FakeLLM(steps={"": ["The answer is 5.", "The answer is 5.", "The answer is 7."]})
+    config = SearchConfig(rollouts=6, root_children=3, parallel=2)
+    result = search(Agent("fake", fake, 0.7), "What is it?", config=config, seed=0)
+    assert len(result.root.children) == 3 and all(c.terminal for c in result.root.children)
+    assert sorted(s.answer for s in result.samples) == ["5", "5", "7"]
+    assert [(c.answer, c.utility) for c in result.classes] == [("5", pytest.approx(2 / 3)), ("7", pytest.approx(1 / 3))]
+    fake = FakeLLM(steps={"": ["Add them.", "Add them.", "The answer is 7."]},
+                   completions={"Add them.\n": "The answer is 5."})
+    result = search(Agent("fake", fake, 0.7), "What is it?", config=config, seed=0)
+    assert [c.steps[-1] for c in result.root.children] == ["Add them.", "The answer is 7."]
+
+
 def test_mcts_depth_limit_holds():
 
     class Steps(FakeLLM):
