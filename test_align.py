@@ -2332,8 +2332,8 @@ def test_bad_input_gets_one_line_before_any_model_or_data(script, args, says, no
 
 def test_bad_input_on_the_command_line_is_one_line_on_stderr_in_seconds():
     cases = [["evaluate.py", "--limit", "0"], ["align.py", "--kind", "nonsense"], ["mcts.py", "--rollouts", "0"],
-             ["mlpo.py", "train", "--group-size", "0"], ["llm.py", "--device", "nonsense"]] + ([["evaluate.py", "--device", "cuda"]]
-                                                           if not torch.cuda.is_available() else [])
+             ["mlpo.py", "train", "--group-size", "0"], ["llm.py", "--device", "nonsense"]]
+    cases += [["evaluate.py", "--device", "cuda"]] if not torch.cuda.is_available() else []
     for args in cases:
         start = time.perf_counter()
         bad = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
