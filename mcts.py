@@ -305,7 +305,8 @@ def search_program(agent: Agent, question: str, kind: str = "number", config: Se
                 samples.append(node.solution)
                 for _ in range(rollouts):  # each rollout waiting on it backs up the solution
                     go_on(node)
-    for node in _subtree(root):     # the search is over: let go of its keys and values (engine.py's arena)
+    for node in _subtree(root):     # the search is over (nothing is in flight): its nodes' keys and values go back
+        discard(node.state)         # to the problem's arena, for the other agents' searches to reuse
         node.state = None
     return SearchResult(agent.name, samples, group_into_classes(samples), root, {}, wakeups)
 

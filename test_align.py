@@ -1570,6 +1570,34 @@ def test_a_problems_exemplars_reach_every_agent_prompt_but_not_the_gold():
     assert "Yes." in Agent("a", FakeLLM()).prompt("Is it?", "text", examples=[("Q?", "So the answer is Yes.")])
 
 
+def test_a_finished_search_gives_its_nodes_slots_back_to_the_arena(tiny_llm, monkeypatch):
+    """When a search ends, every slot it took but its prompt's goes back to the problem's arena (the other agents'
+    searches on the problem reuse them); only `node.state = None` left them taken until the arena went."""
+    taken, released = [0], [0]
+    take, release = engine.Arena.take, engine.Arena.release
+    monkeypatch.setattr(engine.Arena, "take", lambda self, positions: (
+        taken.__setitem__(0, taken[0] + len(positions)), take(self, positions))[1])
+    monkeypatch.setattr(engine.Arena, "release", lambda self, slots: (
+        released.__setitem__(0, released[0] + len(slots)), release(self, slots))[1])
+    agent = Agent("tiny", tiny_llm, 1.0)
+    config = SearchConfig(rollouts=5, step_tokens=6, completion_tokens=10)
+    (result,) = run_programs([mcts.search_program(agent, "Tom has 3 apples.", config=config, seed=2)])
+    prompt = len(tiny_llm.encode(agent.prompt("Tom has 3 apples.")))
+    assert result.samples and taken[0] > prompt
+    assert taken[0] - released[0] == prompt
+
+
+def test_the_reference_path_gives_each_generate_call_its_own_draws(tiny_llm):
+    """Two requests of one wake that go to separate generate calls (other settings) do not share a random stream
+    (they did: each call was seeded with the first request's seed, so the longer text began with the shorter)."""
+    def program():
+        a, b = yield [Request(tiny_llm, "Tom has", n=1, temperature=1.0, max_new_tokens=12, seed=7),
+                      Request(tiny_llm, "Tom has", n=1, temperature=1.0, max_new_tokens=13, seed=7)]
+        return a[0].text, b[0].text
+    (short, long), = run_programs([program()], engine=False)
+    assert short and not long.startswith(short)
+
+
 def test_search_on_the_tiny_model_is_seeded(tiny_llm):
     agent, config = Agent("tiny", tiny_llm, 1.0), SearchConfig(rollouts=6, step_tokens=8, completion_tokens=16)
     first, again = search(agent, "Tom has 3 apples.", config=config, seed=1), \
