@@ -273,7 +273,8 @@ def _run_alone(program, account):
                     continue
                 texts = first.llm.generate(first.prompt, [requests[r].suffix for r in group], first.n,
                                            temperature=first.temperature, max_new_tokens=first.max_new_tokens,
-                                           stop=list(first.stop) or None, seed=first.seed)
+                                           stop=list(first.stop) or None,     # each call its own draws, as each
+                                           seed=derive_seed(first.seed, group[0]))   # request has in the engine
                 for r, row in zip(group, texts):
                     results[r] = [Generated(text) for text in row]
             sent = list(zip(requests, results)) if isinstance(yielded, Wait) else results
