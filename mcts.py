@@ -121,10 +121,12 @@ class SearchConfig:
     children: int = option(3, "[ours] next steps sampled when a node below the root is expanded")
     # [ours] Measured on a toy model whose first step fixes the answer (shares 0.5, 0.3, 0.2; 400 searches per
     #        width; test_align.py repeats it with 100): a rollout beyond the root's width re-samples a first step
-    #        that UCT picks, the leading answer's more often, so the top class's mean U was 0.75 at width 3, 0.68
-    #        at 4, 0.62 at 8, 0.54 at 15 and 0.53 at 16, where 16 independent chains give 0.525 (asynchronous
-    #        rollouts; the earlier waves of `parallel` rollouts gave 0.79, 0.65, 0.61, 0.55, 0.53); only a width of
-    #        --rollouts (16) came within two standard errors of the chains on every figure. That width makes the
+    #        that UCT picks, the leading answer's more often, so the top class's mean U was 0.73 at width 3, 0.66
+    #        at 4, 0.61 at 8, 0.54 at 15 and 0.53 at 16, where 16 independent chains give 0.525 (the modal class's:
+    #        0.54 at 3, 0.51 at 16, chains 0.50; before each generate call of the reference path drew from its own
+    #        seed, the top class read 0.75, 0.68, 0.62, 0.54, 0.53; with the earlier waves of `parallel` rollouts
+    #        0.79, 0.65, 0.61, 0.55, 0.53); only a width of --rollouts (16) came within two standard errors of the
+    #        chains on every figure. That width makes the
     #        tree one step deep (every rollout completes its own first step: self-consistency over 16 chains,
     #        `max_depth` and UCT unused), which is no longer the paper's MCTS; so the default keeps the paper's
     #        tree, with its skew, and --root-children 16 is the measured choice for U^i as self-consistency over

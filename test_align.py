@@ -1529,7 +1529,9 @@ def test_a_root_as_wide_as_the_rollouts_values_answers_as_independent_chains_do(
 
     narrow = tree(SearchConfig())
     assert SearchConfig().root_children == 3
-    assert narrow[0] > chains[0] + 0.03 and narrow[1] > chains[1] + 0.15          # the skew: ~0.55, ~0.75
+    # the skew of the top class: 0.73 against 0.525 over 400 searches (the modal class's, 0.54 against 0.50, is
+    # under what 100 searches resolve: its standard error there is ~0.03)
+    assert narrow[1] > chains[1] + 0.15
     wide = tree(SearchConfig(root_children=16))
     # tolerance 0.03: about 2.5 standard errors of a mean over 100 searches of independent chains
     assert abs(wide[0] - chains[0]) < 0.03 and abs(wide[1] - chains[1]) < 0.03, (wide, chains)
