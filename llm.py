@@ -60,6 +60,8 @@ PRESETS = {
     # Its principal mode (principal.py) was chosen by measurement on arith's TRAIN split (12 problems; README,
     # "Which principal"): likelihood's pick was right on 3/12 (score, listwise, consistency: 0/12), ALIGN on
     # 3/12 (the others 1/12), corr(P,correct) +0.27, and it is the cheapest. The test split played no part.
+    # Re-measured on each later search, it led every column again (ba3679d: its pick 3/12, ALIGN 6/12, the
+    # others 0-1/12; corr +0.21).
     "tiny": {"agents": [(EMBEDDED_ALIAS, 0.5), (EMBEDDED_ALIAS, 0.7), (EMBEDDED_ALIAS, 1.0)],
              "principal": EMBEDDED_ALIAS, "leader": EMBEDDED_ALIAS, "principal_mode": "likelihood"},
     # [paper] three heterogeneous agents and a Qwen2.5-7B principal (exact checkpoints and the agents'
