@@ -436,6 +436,7 @@ def validate_solve_config(config: SolveConfig) -> None:
     """A one-line ConfigError for a bad command line of align.py, before any model is loaded."""
     validate_question(config.question, config.kind)
     require(config, "preset", lambda preset: preset in PRESETS, f"one of {', '.join(PRESETS)}")
+    require(config, "seed", lambda seed: seed >= 0, "at least 0")
     check_device_and_dtype(config.device)
     if config.model:
         check_model_name(config.model)

@@ -225,7 +225,7 @@ def read_cot_prompt(path: str) -> tuple[str, list[tuple[str, str]]]:
     exemplars separated by blank lines, each `Q: <question>` then `A: Let's think step by step. ... So the
     answer is X.`
     """
-    lines = read_text(path).split("\n")
+    lines = read_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")   # as a text-mode file reads
     if len(lines) < 4 or lines[1].strip() != "-----" or not lines[2].strip():
         raise DataError(f"{path}, line 2: expected a canary line, a '-----' line, then the task description.")
     starts = [n for n, line in enumerate(lines) if line.startswith("Q: ")]

@@ -12,8 +12,8 @@ once per problem and charged in full to every method that uses it (`SharedWork`,
 so every row of the table says what that method would spend on its own.
 
 Output: one JSONL record per (problem, method), appended and flushed as each batch's method finishes; `--resume`
-skips what is done and re-runs an unfinished batch whole, so a run killed half-way loses no finished batch. At the end: accuracy with a 95% Wilson interval, and cost
-per question. Every random choice is seeded from (--seed, problem id, purpose), so a resumed run and an
+skips what is done and re-runs an unfinished batch whole, so a run killed half-way loses no finished batch. At the
+end: accuracy with a 95% Wilson interval, and cost per question. Every random choice is seeded from (--seed, problem id, purpose), so a resumed run and an
 uninterrupted one give the same records.
 
 A forker adds a method with one function `method_NAME(problems, ctx) -> list of results` and one entry in
@@ -420,8 +420,10 @@ def principal_correlations(rows: list[dict]) -> dict:
         pool, agents = r.get("pool") or [], r.get("agents") or []
         scores = [c["score"] for c in pool]
         correct = [float(is_correct(c["answer"], r["gold"])) for c in pool]   # reads the gold: after grading
-        utility = [sum(next((k["utility"] for k in a["classes"] if is_correct(k["answer"], c["answer"])), 0.0)
-                       for a in agents) / max(len(agents), 1) for c in pool]  # is_correct without kind = same_answer
+        # an agent's utility of a pooled class: its classes there (two of them can meet in one, as pool_classes
+        # pools them); is_correct without a kind is same_answer
+        utility = [sum(sum(k["utility"] for k in a["classes"] if is_correct(k["answer"], c["answer"]))
+                       for a in agents) / max(len(agents), 1) for c in pool]
         for key, other in (("correct", correct), ("agents", utility)):
             value = pearson(scores, other)
             if value is not None:
@@ -596,8 +598,11 @@ def run(config: EvalConfig, search: SearchConfig | None = None, game: GameConfig
                                                    f"seed{config.seed}.jsonl")
     my_rank_file = f"{output}.rank{rank}" if world > 1 else None
     if (os.path.exists(output) or rank_files_of(output)) and not (config.resume or config.overwrite):
-        raise DataError(f"{output} exists: pass --resume to continue it, --overwrite to start again, "   # every rank
-                        f"or --output to write elsewhere.")                                            # stops
+        raise DataError(f"{output} (or its .rankN files) exists: pass --resume to continue it, --overwrite to start "
+                        f"again, or --output to write elsewhere.")                                  # every rank stops
+    if config.resume and not config.overwrite and rank_files_of(output) and not os.path.exists(output):
+        raise DataError(f"{output} is missing but its .rankN files are there, so their records cannot be checked "
+                        f"against this run's settings; pass --overwrite to start again.")
     device = config.device
     machine = "cuda" if str(device or "").startswith("cuda") or (device is None and cuda_available()) else "cpu"
     # the settings name the dtype that runs (a GPU's bf16 and a CPU's fp32 write different text, so a file is

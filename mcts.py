@@ -126,11 +126,10 @@ class SearchConfig:
     #        0.54 at 3, 0.51 at 16, chains 0.50; before each generate call of the reference path drew from its own
     #        seed, the top class read 0.75, 0.68, 0.62, 0.54, 0.53; with the earlier waves of `parallel` rollouts
     #        0.79, 0.65, 0.61, 0.55, 0.53); only a width of --rollouts (16) came within two standard errors of the
-    #        chains on every figure. That width makes the
-    #        tree one step deep (every rollout completes its own first step: self-consistency over 16 chains,
-    #        `max_depth` and UCT unused), which is no longer the paper's MCTS; so the default keeps the paper's
-    #        tree, with its skew, and --root-children 16 is the measured choice for U^i as self-consistency over
-    #        independent samples.
+    #        chains on every figure. That width makes the tree one step deep (every rollout completes its own first
+    #        step: self-consistency over 16 chains, `max_depth` and UCT unused), which is no longer the paper's
+    #        MCTS; so the default keeps the paper's tree, with its skew, and --root-children 16 is the measured
+    #        choice for U^i as self-consistency over independent samples.
     root_children: int = option(3, "[ours] next steps sampled at the root, the first steps every rollout descends "
                                    "from; --rollouts or more gives every rollout its own (U^i then equals "
                                    "self-consistency over independent chains, and the tree is one step deep)")

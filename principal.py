@@ -45,7 +45,8 @@ class PrincipalOrder:
     scores: list                  # the mode's score of each class (score, listwise: P(Yes); consistency: share)
     order: list                   # pool indices, best first
     mode: str = "score"
-    parse_failed: bool = False    # listwise reply could not be parsed; `order` is the score order
+    parse_failed: bool = False    # listwise: no ranking read (a reply that does not parse, or more than 26 classes,
+                                  # when none is asked for); `order` is the score order
     reply: str = ""               # the listwise reply, for the records
 
     def position(self, order: list | None = None) -> dict:

@@ -1349,15 +1349,18 @@ def test_a_bad_output_file_is_one_line(tmp_path, monkeypatch):
                                                                 mlpo.LeaderConfig())})
     latin = tmp_path / "latin1.jsonl"                           # the settings line, then bytes that are not UTF-8
     latin.write_bytes(settings.encode() + b"\n\xe9t\xe9\n")
-    assert "not UTF-8" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(latin), "--resume"])
+    assert "not UTF-8" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(latin), "--resume",
+                                                         "--device", "cpu"])          # float32, as the settings say
     assert "is a folder" in one_line_error(evaluate.main, ["--dataset", "arith", "--output", str(tmp_path)])
     records = tmp_path / "no-method.jsonl"                      # a line with a problem id but no method is no record
     records.write_text(settings + "\n" + json.dumps({"problem_id": "arith-test-0-0"}) + "\n")
     assert read_records(str(records)) == []
     stale = tmp_path / "stale.jsonl.rank0"                      # an earlier run's rank file alone: it is not clobbered
     stale.write_text("")
-    assert "exists: pass --resume" in one_line_error(evaluate.main, ["--dataset", "arith", "--output",
-                                                                     str(tmp_path / "stale.jsonl")])
+    assert "(or its .rankN files) exists: pass --resume" in one_line_error(evaluate.main, [
+        "--dataset", "arith", "--output", str(tmp_path / "stale.jsonl")])
+    assert "is missing but its .rankN files are there" in one_line_error(evaluate.main, [   # nothing to check them by
+        "--dataset", "arith", "--output", str(tmp_path / "stale.jsonl"), "--resume"])
 
 
 def test_a_data_error_leaves_no_output_file(tmp_path):
@@ -1681,6 +1684,7 @@ def test_principal_orders_by_score_and_survives_an_unparseable_reply():
     wide = rank_classes(FakeLLM(yes_logprob=lambda p: -float(p.count("1"))), "q", many, [f"sol-{a}" for a in many],
                         "listwise")
     assert wide.parse_failed and wide.order == sorted(range(27), key=lambda k: -wide.scores[k])
+    assert wide.reply == ""                                 # no ranking was asked for (letters cannot name them)
 
 
 def test_counterfactual_utilities_and_nash_gap_by_hand():
@@ -1932,6 +1936,12 @@ def test_principal_correlation_columns_against_hand_computed_values():
     assert rows["principal"].split()[-2:] == ["-0.07", "+0.96"]
     assert rows["align"].split()[-2:] == ["n/a", "n/a"]
     assert "corr(P,correct)" in table and "n/a" not in rows["cot"] and "problems used: principal 2 and 3" in table
+    # two classes of one agent that meet in one pooled class (2.334 ~ 2.33 ~ 2.326) count with both shares there, as
+    # pool_classes holds them: mean U ("2.33" (.2 + .9) / 2, "7" .1 / 2, "9" .8 / 2) against scores (.9, .5, .1)
+    met = record("p5", "principal", "9", [("2.33", .9), ("7", .5), ("9", .1)],
+                 agents_of({"2.33": (.2, 2), "9": (.8, 8)}, {"2.334": (.45, 9), "2.326": (.45, 9), "7": (.1, 2)}))
+    scores, agents_u = np.array([.9, .5, .1]), np.array([.55, .05, .4])
+    assert principal_correlations([met])["agents"][0] == pytest.approx(np.corrcoef(scores, agents_u)[0, 1])
 
 
 def study_records() -> list:
@@ -2153,13 +2163,13 @@ def test_the_trained_leader_is_float32_whatever_the_machines_default(tiny_model_
     monkeypatch.setattr(mlpo, "load_problems", lambda *args, **kwargs: [])
     monkeypatch.setattr(mlpo, "make_agents", lambda *args, **kwargs: [])
     monkeypatch.setattr(mlpo, "build_pool", lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
-    for run, config in ((mlpo.train, mlpo.TrainConfig(model=tiny_model_dir, kl_coef=0.1)),
-                        (mlpo.sft, mlpo.SFTConfig(model=tiny_model_dir))):
+    for run, config, models in ((mlpo.train, mlpo.TrainConfig(model=tiny_model_dir, kl_coef=0.1), 2),   # and its
+                                (mlpo.sft, mlpo.SFTConfig(model=tiny_model_dir), 1)):                # reference
         loaded.clear()
         with pytest.raises(Stop):
             run(config)
-        assert loaded and all(entry == ("float32", True) for entry in loaded), (run.__name__, loaded)
-    assert len(loaded) == 1 and mlpo.TrainConfig().dtype == "float32"   # sft: the leader; train: and its reference
+        assert loaded == [("float32", True)] * models, (run.__name__, loaded)
+    assert mlpo.TrainConfig().dtype == mlpo.SFTConfig().dtype == "float32"
 
 
 # ---------------------------------------------------------------- mlpo.py sft (issue 12)
@@ -2311,6 +2321,7 @@ BAD_INPUT = [  # (entry point, arguments, what its one line must say)
     ("align.py", ["--kind", "nonsense"], "--kind must be one of number, math, choice, text"),
     ("align.py", ["--eta", "0"], "--eta must be positive"),
     ("align.py", ["--principal-tau", "-0.5"], "--principal-tau must be at least 0"),
+    ("align.py", ["--simulate", "--seed", "-1"], "--seed must be at least 0 (got -1)"),
     ("align.py", ["--device", "nonsense"], "is not a device"),
     ("align.py", ["--model", "/no/such/path"], "does not exist"),
     ("mcts.py", ["--question", ""], "--question is empty"),
@@ -2422,6 +2433,11 @@ def test_bytes_that_are_not_utf8_numeric_answers_and_repeated_ids_in_data_files(
                                 b'{"problem": "2 + 2?", "answer": "4", "unique_id": "a"}\n')
     with pytest.raises(DataError, match=r"math500: problem id\(s\) \['a'\] appear more than once"):
         load_problems("math500", str(tmp_path))
+    write("bbh/navigate.json", b'{"examples": [{"input": "Turn left. Do you return?", "target": "No"}]}')
+    write("bbh/cot-prompts/navigate.txt", b"canary\r\n-----\r\nNavigate.\r\n\r\nQ: Turn around.\r\nOptions:\r\n- Yes"
+                                          b"\r\n\r\nA: Let's think step by step. So the answer is Yes.\r\n")
+    (problem,) = load_problems("bbh:navigate", str(tmp_path))     # Windows line ends read as a text file reads them
+    assert problem["examples"] and not any("\r" in q or "\r" in a for q, a in problem["examples"])
     line = '{"question": "caf\u2028e", "answer": "#### 2"}\r\n'   # a JSON string may hold U+2028; CRLF ends lines
     write("gsm8k/test.jsonl", line.encode() * 2)
     assert [p["question"] for p in load_problems("gsm8k", str(tmp_path))] == ["caf\u2028e"] * 2

@@ -248,7 +248,7 @@ class ReplayedProblem:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """A run's records (as evaluate.read_records: a line cut short by a kill is dropped)."""
+    """A run's records (a line that does not parse, cut short by a kill, is dropped)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -435,8 +435,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", metavar="RECORDS.jsonl", help="ORACLE STUDY: replay the records of an evaluate.py "
                         "run with simulated principals of known quality (reads the gold answers)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the games (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the games, at least 0 (default: 0)")
     arguments = parser.parse_args()               # `python align.py --simulate` takes the game's flags as well
+    if arguments.seed < 0:
+        parser.error(f"--seed must be at least 0 (got {arguments.seed})")
     if arguments.study:
         print_study(arguments.study, seed=arguments.seed)
     else:
