@@ -13,8 +13,8 @@ so every row of the table says what that method would spend on its own.
 
 Output: one JSONL record per (problem, method), appended and flushed as each batch's method finishes; `--resume`
 skips what is done and re-runs an unfinished batch whole, so a run killed half-way loses no finished batch. At the
-end: accuracy with a 95% Wilson interval, and cost per question. Every random choice is seeded from (--seed, problem id, purpose), so a resumed run and an
-uninterrupted one give the same records.
+end: accuracy with a 95% Wilson interval, and cost per question. Every random choice is seeded from (--seed,
+problem id, purpose), so a resumed run and an uninterrupted one give the same records.
 
 A forker adds a method with one function `method_NAME(problems, ctx) -> list of results` and one entry in
 METHODS; nothing else. A method sees each problem's id, question and kind -- never its gold answer.
