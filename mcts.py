@@ -370,7 +370,7 @@ def _add_children(node: Node, steps: list, kind: str, max_depth: int) -> None:
         # counts the agent's samples, so dropping repeats flattens it toward the answers the agent does not
         # repeat). Measured on the main job's first 15 arith problems (45 searches): 159 of 714 sampled steps were
         # repeats that state an answer, 17 repeats of a partial step.
-        if not step or answer is None and not generated.ended and any(step == c.steps[-1] for c in node.children):
+        if not step or (answer is None and not generated.ended and any(step == c.steps[-1] for c in node.children)):
             discard(generated.state)                          # no node will continue it: free its memory
             continue
         child = Node(steps=node.steps + [step], parent=node, state=generated.state, ended=generated.ended)
